@@ -1,0 +1,51 @@
+# speechlm: `make demo` runs the whole tiny pipeline, `make test` runs every check.
+# Both create .venv on first use (a minute or two) and reuse it after.
+
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+MOSHI_VERSION ?= 0.2.13
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.speechlm-installed
+PIP := $(BIN)/python -m pip -q --disable-pip-version-check
+
+.PHONY: setup demo test lint lab clean-data help
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make demo   set up .venv and run all notebooks on the tiny profile (CPU, offline)"
+	@echo "make test   set up .venv, then ruff, the unit tests and every notebook (nbmake)"
+	@echo "make lab    open JupyterLab on notebooks/"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# torch first, pinned, so later requirements never pull a different (multi-GB) build.
+# moshi pins torch<2.10 and huggingface-hub<1.0, which clash with current torch and
+# transformers: it is installed without its pins (its real imports are our dependencies).
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
+	$(PIP) install torch==$(TORCH_VERSION)
+	$(PIP) install -e '.[dev]'
+	$(PIP) install --no-deps moshi==$(MOSHI_VERSION)
+	-$(BIN)/nbstripout --install --attributes .git/info/attributes 2>/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	SPEECHLM_PROFILE=tiny $(BIN)/python -m speechlm_utils prepare
+	SPEECHLM_PROFILE=tiny $(BIN)/python -m speechlm_utils notebooks --dir notebooks --out data/executed
+
+lint: setup
+	$(BIN)/ruff check speechlm_utils tests benchmarks data/demo
+
+test: lint
+	SPEECHLM_PROFILE=tiny $(BIN)/python -m pytest -q --nbmake --nbmake-timeout=1800 tests $(wildcard notebooks/*.ipynb)
+
+lab: setup
+	SPEECHLM_PROFILE=$${SPEECHLM_PROFILE:-tiny} $(BIN)/jupyter lab notebooks
+
+clean-data:
+	@echo "removes generated data (keeps data/searches.txt and data/demo/)"
+	cd data && git clean -fdX .

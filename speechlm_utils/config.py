@@ -1,0 +1,230 @@
+"""Profiles and per-stage configs: the only module that reads environment variables.
+
+Two profiles run the same code:
+- ``full``: GPU or Colab; Mistral-7B, kyutai's Mimi and openai-whisper weights from their hubs.
+- ``tiny``: CPU, CI and the offline demo; the real architectures with random weights, built once
+  into ``data/models/tiny/`` and loaded back through the same loaders.
+
+``SPEECHLM_PROFILE=tiny|full`` picks one; unset, it is ``full`` when CUDA is available and
+``tiny`` elsewhere. ``SPEECHLM_DATA_DIR`` moves the data root (default: ``data/`` of the
+checkout the current directory is in, else ``./data``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+Profile = Literal["tiny", "full"]
+PROFILES: tuple[str, ...] = ("tiny", "full")
+PROFILE_ENV = "SPEECHLM_PROFILE"
+DATA_DIR_ENV = "SPEECHLM_DATA_DIR"
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (imported lazily: config stays cheap to import)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_profile(profile: str | None = None) -> Profile:
+    """The profile to use: the argument, else ``$SPEECHLM_PROFILE``, else by hardware."""
+    chosen = profile or os.environ.get(PROFILE_ENV, "").strip().lower() or None
+    if chosen is None:
+        return "full" if cuda_available() else "tiny"
+    if chosen not in PROFILES:
+        raise ValueError(
+            f"unknown profile {chosen!r} (from {'the argument' if profile else PROFILE_ENV}); "
+            f"use one of {', '.join(PROFILES)}"
+        )
+    return chosen  # type: ignore[return-value]
+
+
+def find_repo_root(start: Path | None = None) -> Path | None:
+    """The checkout holding ``start`` (default: the current directory), or None."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "speechlm_utils").is_dir() and (candidate / "pyproject.toml").is_file():
+            return candidate
+    return None
+
+
+def default_data_dir() -> Path:
+    """``$SPEECHLM_DATA_DIR``, else ``<checkout>/data``, else ``./data``."""
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser().resolve()
+    root = find_repo_root()
+    return (root / "data") if root else (Path.cwd() / "data").resolve()
+
+
+def describe_device() -> str:
+    """One line naming the compute device, for the top of each notebook."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return f"cuda: {props.name}, {props.total_memory / 2**30:.0f} GiB"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps (Apple GPU)"
+    return f"cpu: {os.cpu_count()} cores"
+
+
+def pick_device() -> str:
+    """The best device torch can use here: cuda, then mps, then cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str):
+    """bf16 where the GPU supports it, else fp32 (CPU training and old GPUs)."""
+    import torch
+
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+@dataclass
+class StageConfig:
+    """Base of every stage config: the profile, the data root, and ``from_profile``.
+
+    Subclasses set ``_tiny`` to the field values that differ in the tiny profile.
+    """
+
+    profile: Profile = "full"
+    data_dir: Path = field(default_factory=default_data_dir)
+
+    _tiny: ClassVar[dict] = {}
+
+    @classmethod
+    def from_profile(cls, profile: str | None = None, **overrides):
+        """The config for ``profile`` (resolved as in `resolve_profile`), then ``overrides``."""
+        resolved = resolve_profile(profile)
+        values = dict(cls._tiny) if resolved == "tiny" else {}
+        values.update(overrides)
+        if "data_dir" in values:
+            values["data_dir"] = Path(values["data_dir"]).expanduser().resolve()
+        return cls(profile=resolved, **values)
+
+    def replace(self, **changes):
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def __str__(self) -> str:
+        lines = [f"{type(self).__name__}("]
+        for f in dataclasses.fields(self):
+            lines.append(f"  {f.name} = {getattr(self, f.name)!r}")
+        return "\n".join(lines) + "\n)"
+
+
+@dataclass
+class ModelsConfig(StageConfig):
+    """Where the three models come from: hub names (full) or local tiny files (tiny)."""
+
+    lm: str = "mistralai/Mistral-7B-v0.1"  # hub repo or local dir for MistralForCausalLM
+    mimi: str = "kyutai/moshiko-pytorch-bf16"  # hub repo holding Mimi, or a local weights file
+    whisper: str = "small.en"  # openai-whisper model name, or a local checkpoint file
+
+    _tiny: ClassVar[dict] = {"lm": "tiny", "mimi": "tiny", "whisper": "tiny"}
+
+    @property
+    def tiny_dir(self) -> Path:
+        """Where the tiny profile's random-weight checkpoints are built and cached."""
+        return self.data_dir / "models" / "tiny"
+
+    def __post_init__(self) -> None:
+        # "tiny" is a placeholder for the local files, so paths follow data_dir.
+        if self.lm == "tiny":
+            self.lm = str(self.tiny_dir / "mistral")
+        if self.mimi == "tiny":
+            self.mimi = str(self.tiny_dir / "mimi.safetensors")
+        if self.whisper == "tiny":
+            self.whisper = str(self.tiny_dir / "whisper.pt")
+
+
+@dataclass
+class IndexConfig(StageConfig):
+    """Stage 01: search terms to a deduplicated index of long conversational videos."""
+
+    workers: int = 8  # threads issuing searches
+    per_query: int = 100  # results kept per search term, at most
+    min_duration_s: float = 30 * 60  # shorter videos are rarely real conversations
+    max_duration_s: float = 4 * 3600  # longer ones are mostly streams and compilations
+    requests_per_s: float = 2.0  # global rate limit across all threads
+    exclude_words: tuple[str, ...] = ("music", "audiobook", "asmr", "lyrics", "karaoke")
+
+    _tiny: ClassVar[dict] = {"workers": 2, "min_duration_s": 10.0}
+
+
+@dataclass
+class ScrapeConfig(StageConfig):
+    """Stage 02: download audio-only streams and cut them by segment copy."""
+
+    workers: int = 16  # videos in flight (downloads are I/O bound)
+    chunk_s: float = 20.0  # nominal chunk length; cuts land on packet boundaries
+    max_hours: float | None = None  # stop after this much audio
+    min_free_gb: float = 5.0  # stop cleanly before the disk fills
+
+    _tiny: ClassVar[dict] = {"workers": 2, "min_free_gb": 0.5}
+
+
+@dataclass
+class TokenizeConfig(StageConfig):
+    """Stage 03: the interleaved token layout and the preprocessing run."""
+
+    num_codebooks: int = 4  # Mimi codebooks kept, of 8; codebook 0 is the semantic one
+    frames_per_group: int = 5  # Mimi frames (80 ms each) per group
+    text_slots_per_group: int = 2  # text tokens per group, before its audio tokens
+    text_lead_s: float = 2.0  # a word's text comes this long before its sound
+    batch_size: int = 16  # chunks per Mimi/Whisper batch
+    workers: int = 4  # DataLoader processes decoding audio
+
+    _tiny: ClassVar[dict] = {"batch_size": 4, "workers": 0}
+
+
+@dataclass
+class TrainConfig(StageConfig):
+    """Stage 05: finetuning the LM on the token stream."""
+
+    seq_len: int = 4096  # tokens per window (about 74 s at 55 tokens/s)
+    batch_size: int = 8
+    grad_accum: int = 4
+    lr: float = 1e-4
+    warmup_steps: int = 100
+    max_steps: int = 10_000
+    lora_r: int | None = 64  # LoRA rank, or None for full finetuning of the kept layers
+    keep_every: int | None = None  # layer pruning: keep every n-th layer
+    loss_weights: tuple[float, float, float, float] = (1.0, 0.1, 1.0, 0.5)  # text, pad, sem, ac
+    seed: int = 0
+
+    _tiny: ClassVar[dict] = {
+        "seq_len": 220,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "lr": 3e-3,
+        "warmup_steps": 10,
+        "max_steps": 300,
+        "lora_r": None,
+    }
+
+
+@dataclass
+class ChatConfig(StageConfig):
+    """Stage 06: generation settings for the chat widget and CLI."""
+
+    max_response_s: float = 10.0
+    text_temperature: float = 0.7
+    audio_temperature: float = 0.8
+    top_k: int = 250
+    seed: int | None = None
+
+    _tiny: ClassVar[dict] = {"max_response_s": 4.0}

@@ -1,0 +1,90 @@
+from pathlib import Path
+
+import pytest
+
+from speechlm_utils import config
+from speechlm_utils.config import (
+    ChatConfig,
+    IndexConfig,
+    ModelsConfig,
+    ScrapeConfig,
+    StageConfig,
+    TokenizeConfig,
+    TrainConfig,
+)
+
+STAGE_CONFIGS = [ModelsConfig, IndexConfig, ScrapeConfig, TokenizeConfig, TrainConfig, ChatConfig]
+
+
+@pytest.mark.parametrize("value", ["tiny", "full", "TINY", " full "])
+def test_env_picks_profile(monkeypatch, value):
+    monkeypatch.setenv(config.PROFILE_ENV, value)
+    assert config.resolve_profile() == value.strip().lower()
+
+
+@pytest.mark.parametrize("has_cuda,expected", [(True, "full"), (False, "tiny")])
+def test_default_profile_follows_hardware(monkeypatch, has_cuda, expected):
+    monkeypatch.delenv(config.PROFILE_ENV, raising=False)
+    monkeypatch.setattr(config, "cuda_available", lambda: has_cuda)
+    assert config.resolve_profile() == expected
+
+
+def test_argument_beats_environment(monkeypatch):
+    monkeypatch.setenv(config.PROFILE_ENV, "full")
+    assert config.resolve_profile("tiny") == "tiny"
+
+
+def test_unknown_profile_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(config.PROFILE_ENV, "huge")
+    with pytest.raises(ValueError, match="SPEECHLM_PROFILE.*tiny, full"):
+        config.resolve_profile()
+
+
+def test_tiny_and_full_differ_where_they_should(tmp_path):
+    tiny = IndexConfig.from_profile("tiny", data_dir=tmp_path)
+    full = IndexConfig.from_profile("full", data_dir=tmp_path)
+    assert (tiny.profile, full.profile) == ("tiny", "full")
+    assert full.min_duration_s == 30 * 60
+    assert tiny.min_duration_s < 30  # the demo episodes are under a minute
+    assert IndexConfig.from_profile("tiny", min_duration_s=5.0).min_duration_s == 5.0
+
+
+def test_models_full_uses_hub_names_tiny_uses_local_files(tmp_path):
+    full = ModelsConfig.from_profile("full", data_dir=tmp_path)
+    assert full.lm == "mistralai/Mistral-7B-v0.1"
+    assert full.whisper == "small.en"
+    tiny = ModelsConfig.from_profile("tiny", data_dir=tmp_path)
+    for value in (tiny.lm, tiny.mimi, tiny.whisper):
+        assert Path(value).is_relative_to(tmp_path / "models" / "tiny")
+    other = ModelsConfig.from_profile("full", lm="mistralai/Mistral-7B-v0.3")
+    assert other.lm == "mistralai/Mistral-7B-v0.3"
+
+
+@pytest.mark.parametrize("cls", STAGE_CONFIGS)
+@pytest.mark.parametrize("profile", config.PROFILES)
+def test_every_stage_has_a_config_per_profile(cls, profile, tmp_path):
+    cfg = cls.from_profile(profile, data_dir=tmp_path)
+    assert isinstance(cfg, StageConfig)
+    assert cfg.profile == profile and cfg.data_dir == tmp_path.resolve()
+    assert type(cfg).__name__ in str(cfg)
+
+
+def test_data_dir_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(config.DATA_DIR_ENV, str(tmp_path))
+    assert TokenizeConfig.from_profile("tiny").data_dir == tmp_path.resolve()
+
+
+def test_data_dir_defaults_to_the_checkout(monkeypatch):
+    monkeypatch.delenv(config.DATA_DIR_ENV, raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo / "tests")
+    assert config.default_data_dir() == repo / "data"
+
+
+def test_pick_device_on_this_machine():
+    import torch
+
+    device = config.pick_device()
+    assert device in ("cuda", "mps", "cpu")
+    if not torch.cuda.is_available():
+        assert config.pick_dtype(device) == torch.float32

@@ -1,0 +1,59 @@
+"""The repository's own promises: one test command, in-sync dependency lists, clean notebooks."""
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+
+import yaml
+
+from .conftest import REPO
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~ \[;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    pinned = [r for r in pip_section if not r.startswith("-e")]
+    assert sorted(pinned) == sorted(project["dependencies"])  # same names and bounds
+    assert "python=3.11" in env["dependencies"] and "ffmpeg" in env["dependencies"]
+    assert "moshi" not in {_name(r) for r in project["dependencies"]}  # installed --no-deps
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith(("#", "set ", "cd "))]  # fmt: skip
+    assert ci == ["make test"]
+    readme = (REPO / "README.md").read_text()
+    assert "make test" in readme and "make demo" in readme
+
+
+def test_makefile_pins_torch_before_installing_the_package():
+    makefile = (REPO / "Makefile").read_text()
+    torch_at = makefile.index("install torch==$(TORCH_VERSION)")
+    assert torch_at < makefile.index("install -e '.[dev]'")
+    assert "TORCH_VERSION ?= 2.13.0" in makefile
+    assert "--no-deps moshi==$(MOSHI_VERSION)" in makefile
+
+
+def test_notebooks_are_committed_without_outputs():
+    tracked = subprocess.run(["git", "ls-files", "notebooks/*.ipynb"], cwd=REPO,
+                             capture_output=True, text=True).stdout.split()  # fmt: skip
+    paths = sorted({*tracked, *(str(p.relative_to(REPO)) for p in REPO.glob("notebooks/*.ipynb"))})
+    for path in paths:
+        nb = json.loads((REPO / path).read_text())
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                assert not cell.get("outputs") and cell.get("execution_count") is None, path
+
+
+def test_cli_info_runs():
+    out = subprocess.run([sys.executable, "-m", "speechlm_utils", "--profile", "tiny", "info"],
+                         capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "profile: tiny" in out.stdout and "ffmpeg:" in out.stdout
