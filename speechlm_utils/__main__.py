@@ -42,6 +42,33 @@ def cmd_notebooks(args: argparse.Namespace) -> None:
     print(f"stage outputs under {data_dir}/ (index, chunks, tokens, runs)")
 
 
+def cmd_index(args: argparse.Namespace) -> None:
+    """Stage 01: index videos from search terms, or from local media (--source)."""
+    from . import index
+    from .manifest import parse_shard
+
+    overrides = {k: v for k, v in {
+        "workers": args.workers, "per_query": args.per_query,
+        "min_duration_s": args.min_duration_s, "max_duration_s": args.max_duration_s,
+        "requests_per_s": args.rps}.items() if v is not None}  # fmt: skip
+    cfg = config.IndexConfig.from_profile(args.profile, **_data_dir(args), **overrides)
+    out = args.out or cfg.data_dir / "index.jsonl"
+    source = args.source or "youtube"
+    if source == "youtube":
+        terms = index.read_terms(args.queries or cfg.data_dir / "searches.txt")
+        summary = index.run_index(cfg, terms, out, shard=parse_shard(args.shard))
+    elif source == "demo":
+        summary = index.index_demo(cfg, out)
+    elif source.startswith("local:"):
+        summary = index.index_urls(cfg, index.local_media_urls(source[6:]), out, source="local")
+    elif source.startswith("urls:"):
+        summary = index.index_urls(cfg, index.read_urls(source[5:]), out, source="url")
+    else:
+        raise SystemExit(f"--source {source!r}: use youtube, demo, local:DIR or urls:FILE")
+    print(summary)
+    print(f"index: {out}")
+
+
 def _data_dir(args: argparse.Namespace) -> dict:
     return {"data_dir": args.data_dir} if getattr(args, "data_dir", None) else {}
 
@@ -56,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help=cmd_info.__doc__).set_defaults(func=cmd_info)
     sub.add_parser("prepare", help=cmd_prepare.__doc__).set_defaults(func=cmd_prepare)
+    ix = sub.add_parser("index", help=cmd_index.__doc__)
+    ix.add_argument("--queries", type=Path, help="search terms file (default data/searches.txt)")
+    ix.add_argument("--out", type=Path, help="index file (default data/index.jsonl)")
+    ix.add_argument("--source", help="youtube (default), demo, local:DIR or urls:FILE")
+    ix.add_argument("--workers", type=int)
+    ix.add_argument("--per-query", type=int)
+    ix.add_argument("--min-duration-s", type=float)
+    ix.add_argument("--max-duration-s", type=float)
+    ix.add_argument("--rps", type=float, help="requests per second, across all threads")
+    ix.add_argument("--shard", help="i/n: take every n-th term (run shards into separate --out)")
+    ix.set_defaults(func=cmd_index)
+
     nb = sub.add_parser("notebooks", help=cmd_notebooks.__doc__)
     nb.add_argument("--dir", type=Path, default=Path("notebooks"))
     nb.add_argument("--out", type=Path, default=Path("data/executed"))

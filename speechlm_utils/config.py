@@ -53,6 +53,17 @@ def find_repo_root(start: Path | None = None) -> Path | None:
     return None
 
 
+def demo_dir() -> Path:
+    """The bundled demo podcast (``data/demo`` of the checkout this package runs from)."""
+    path = Path(__file__).resolve().parents[1] / "data" / "demo"
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{path} is missing: the demo podcast ships with the repository; install it from "
+            "a clone (`pip install -e .`) rather than from a wheel"
+        )
+    return path
+
+
 def default_data_dir() -> Path:
     """``$SPEECHLM_DATA_DIR``, else ``<checkout>/data``, else ``./data``."""
     if os.environ.get(DATA_DIR_ENV):
@@ -161,6 +172,10 @@ class IndexConfig(StageConfig):
     max_duration_s: float = 4 * 3600  # longer ones are mostly streams and compilations
     requests_per_s: float = 2.0  # global rate limit across all threads
     exclude_words: tuple[str, ...] = ("music", "audiobook", "asmr", "lyrics", "karaoke")
+    retries: int = 5  # per request, on network errors, HTTP 429 and 5xx
+    backoff_s: float = 1.0  # first retry waits 1-2x this, doubling each time
+    timeout_s: float = 30.0  # per request
+    youtube_url: str = "https://www.youtube.com"  # a mirror or local stand-in may replace it
 
     _tiny: ClassVar[dict] = {"workers": 2, "min_duration_s": 10.0}
 

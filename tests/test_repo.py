@@ -57,3 +57,18 @@ def test_cli_info_runs():
                          capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "profile: tiny" in out.stdout and "ffmpeg:" in out.stdout
+
+
+def test_notebooks_follow_the_house_layout():
+    notebooks = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert notebooks, "no notebooks found"
+    for path in notebooks:
+        cells = json.loads(path.read_text())["cells"]
+        intro, install, setup = ("".join(c["source"]) for c in cells[:3])
+        assert cells[0]["cell_type"] == "markdown" and f"notebooks/{path.name}" in intro
+        assert "colab-badge" in intro and "**Time:**" in intro
+        assert "IN_COLAB" in install and "--no-deps moshi==0.2.13" in install
+        assert ".from_profile()" in setup
+        long_cells = [c for c in cells if c["cell_type"] == "code" and c is not cells[1]
+                      and len("".join(c["source"]).splitlines()) > 15]  # fmt: skip
+        assert not long_cells, f"{path.name}: code cells stay short; logic lives in the library"
