@@ -69,6 +69,29 @@ def cmd_index(args: argparse.Namespace) -> None:
     print(f"index: {out}")
 
 
+def cmd_scrape(args: argparse.Namespace) -> None:
+    """Stage 02: download audio-only streams and cut them into chunks by segment copy."""
+    from . import scrape
+    from .index import load_index
+    from .manifest import parse_shard
+
+    overrides = {k: v for k, v in {
+        "workers": args.workers, "chunk_s": args.chunk_s, "max_hours": args.max_hours,
+        "cookies_file": args.cookies, "proxy": args.proxy, "rate_limit_bps": args.rate_limit,
+        "speech_filter": args.speech_filter or None}.items() if v is not None}  # fmt: skip
+    cfg = config.ScrapeConfig.from_profile(args.profile, **_data_dir(args), **overrides)
+    index_files = args.index or [cfg.data_dir / "index.jsonl"]
+    entries = load_index(*index_files)
+    if not entries:
+        raise SystemExit(f"no entries in {', '.join(map(str, index_files))}: run `index` first")
+    out = args.out or cfg.data_dir / "chunks"
+    with scrape.demo_server_if_needed(entries):
+        summary = scrape.run_scrape(cfg, entries, out, shard=parse_shard(args.shard),
+                                    retry_failed=args.retry_failed)  # fmt: skip
+    print(summary)
+    print(f"chunks: {out}   manifest: {scrape.manifest_path(out)}")
+
+
 def _data_dir(args: argparse.Namespace) -> dict:
     return {"data_dir": args.data_dir} if getattr(args, "data_dir", None) else {}
 
@@ -94,6 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--rps", type=float, help="requests per second, across all threads")
     ix.add_argument("--shard", help="i/n: take every n-th term (run shards into separate --out)")
     ix.set_defaults(func=cmd_index)
+
+    sc = sub.add_parser("scrape", help=cmd_scrape.__doc__)
+    sc.add_argument("--index", type=Path, nargs="+", help="index file(s), e.g. shards")
+    sc.add_argument("--out", type=Path, help="chunk root (default data/chunks)")
+    sc.add_argument("--workers", type=int)
+    sc.add_argument("--chunk-s", type=float)
+    sc.add_argument("--shard", help="i/n: take the videos whose id hashes to shard i")
+    sc.add_argument("--retry-failed", action="store_true", help="redo videos that failed")
+    sc.add_argument("--max-hours", type=float, help="stop after this much audio in all")
+    sc.add_argument("--speech-filter", action="store_true",
+                    help="drop chunks with little speech (silero-vad)")
+    sc.add_argument("--cookies", help="cookies.txt for yt-dlp")
+    sc.add_argument("--proxy", help="proxy URL for yt-dlp")
+    sc.add_argument("--rate-limit", type=int, help="download bytes/s per video")
+    sc.set_defaults(func=cmd_scrape)
 
     nb = sub.add_parser("notebooks", help=cmd_notebooks.__doc__)
     nb.add_argument("--dir", type=Path, default=Path("notebooks"))

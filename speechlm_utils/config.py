@@ -188,6 +188,13 @@ class ScrapeConfig(StageConfig):
     chunk_s: float = 20.0  # nominal chunk length; cuts land on packet boundaries
     max_hours: float | None = None  # stop after this much audio
     min_free_gb: float = 5.0  # stop cleanly before the disk fills
+    download_retries: int = 3  # yt-dlp's own retries per download
+    socket_timeout_s: float = 30.0
+    cookies_file: str | None = None  # for age-gated or region-locked videos (yt-dlp cookiefile)
+    rate_limit_bps: int | None = None  # download bandwidth cap per video, bytes/s
+    proxy: str | None = None  # e.g. socks5://127.0.0.1:1080
+    speech_filter: bool = False  # drop chunks with little speech (silero-vad)
+    min_speech_ratio: float = 0.3  # share of a chunk that must be speech to keep it
 
     _tiny: ClassVar[dict] = {"workers": 2, "min_free_gb": 0.5}
 

@@ -26,6 +26,12 @@ class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # clients hang up: that's fine
+            super().handle_error(request, client_address)
+
 
 class _QuietFiles(SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep notebooks and test logs clean

@@ -1,0 +1,351 @@
+"""Stage 02: download audio-only streams and cut them into chunks without transcoding.
+
+For each index entry: yt-dlp downloads the best audio-only stream (``bestaudio/best``, no
+post-processing) into ``<out>/.tmp/<id>/``; ffmpeg's segment muxer cuts it as it is
+(``-c copy -map 0:a:0``, so a video stream is never kept) into
+``<out>/<id[:2]>/<id>/<id>_%05d.<ext>`` with the codec untouched; the chunk folder appears
+atomically (built in the temp folder, then renamed) with ``chunks.json`` listing each chunk's
+real start and end. The download is removed. Each video gets one line in ``scrape.jsonl``:
+``ok``, ``failed`` (with a short reason) or ``skipped``.
+
+Failures never stop the run; a re-run skips every video with a line (``--retry-failed`` redoes
+the failed ones), and anything a crash or Ctrl-C left in ``.tmp`` is removed and redone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .audio import WHISPER_SAMPLE_RATE_HZ, ffmpeg_exe, load_audio, probe
+from .config import ScrapeConfig
+from .manifest import JsonlWriter, read_jsonl, take_shard, write_json_atomic
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # ids become folder names: nothing else passes
+CHUNK_EXT_BY_CODEC = {"opus": "webm", "vorbis": "webm", "aac": "m4a", "mp3": "mp3",
+                      "flac": "flac"}  # fmt: skip
+TMP_DIR = ".tmp"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class ScrapeError(Exception):
+    """A video could not be scraped; the message is the manifest's short reason."""
+
+
+def chunk_dir(out_root: Path, video_id: str) -> Path:
+    """``<out>/<id[:2]>/<id>``: two-letter fan-out keeps folders small at millions of videos."""
+    if not SAFE_ID.match(video_id) or video_id.startswith("-"):
+        raise ScrapeError(f"unsafe video id {video_id!r}")
+    return out_root / video_id[:2] / video_id
+
+
+def list_chunks(out_root: str | Path) -> list[Path]:
+    """Every chunk file under ``out_root``, sorted (video, then chunk number)."""
+    out_root = Path(out_root)
+    files = []
+    for listing in sorted(out_root.glob("*/*/chunks.json")):
+        meta = json.loads(listing.read_text())
+        files += [listing.parent / c["file"] for c in meta["chunks"]]
+    return files
+
+
+class _NullLogger:
+    def debug(self, msg):
+        pass
+
+    warning = info = debug
+
+    def error(self, msg):
+        pass
+
+
+def download_audio(url: str, workdir: Path, cfg: ScrapeConfig) -> Path:
+    """Best audio-only stream of ``url`` into ``workdir`` via yt-dlp; the file's path."""
+    import yt_dlp
+
+    opts = {
+        "format": "bestaudio/best",
+        "outtmpl": str(workdir / "download.%(ext)s"),
+        "paths": {"home": str(workdir), "temp": str(workdir)},
+        "postprocessors": [],
+        "noplaylist": True,
+        "quiet": True,
+        "no_warnings": True,
+        "noprogress": True,
+        "logger": _NullLogger(),
+        "retries": cfg.download_retries,
+        "socket_timeout": cfg.socket_timeout_s,
+        "enable_file_urls": True,  # --source local:DIR indexes file:// URLs
+        "cachedir": False,
+        "overwrites": True,
+    }
+    if cfg.cookies_file:
+        opts["cookiefile"] = str(cfg.cookies_file)
+    if cfg.rate_limit_bps:
+        opts["ratelimit"] = cfg.rate_limit_bps
+    if cfg.proxy:
+        opts["proxy"] = cfg.proxy
+    try:
+        with yt_dlp.YoutubeDL(opts) as ydl:
+            info = ydl.extract_info(url, download=True)
+    except yt_dlp.utils.DownloadError as err:
+        raise ScrapeError(_short(str(err))) from err
+    if info is None:
+        raise ScrapeError("yt-dlp returned nothing")
+    files = [Path(d["filepath"]) for d in info.get("requested_downloads", []) if d.get("filepath")]
+    files = [f for f in files if f.exists()] or sorted(workdir.glob("download.*"))
+    if not files:
+        raise ScrapeError("download produced no file")
+    return files[0]
+
+
+def _short(message: str) -> str:
+    text = _ANSI.sub("", message).replace("ERROR: ", "").strip().splitlines()
+    return (text[0] if text else "unknown error")[:200]
+
+
+def segment_copy(src: Path, dest: Path, video_id: str, chunk_s: float, ext: str) -> list[dict]:
+    """Cut ``src`` into ``dest/<id>_%05d.<ext>`` by stream copy; returns each chunk's real
+    ``file``, ``start_s`` and ``end_s`` (cuts land on packet boundaries, not at exact S)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    listing = dest / "segments.csv"
+    cmd = [
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(src),
+        "-map", "0:a:0", "-c", "copy", "-f", "segment", "-segment_time", f"{chunk_s:g}",
+        "-reset_timestamps", "1", "-segment_list", str(listing), "-segment_list_type", "csv",
+        "-map_metadata", "-1", "-fflags", "+bitexact", str(dest / f"{video_id}_%05d.{ext}"),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not listing.exists():
+        err = proc.stderr.strip().splitlines()
+        raise ScrapeError(f"ffmpeg segment failed: {err[-1][:160] if err else proc.returncode}")
+    chunks = []
+    for line in listing.read_text().splitlines():
+        name, start, end = line.rsplit(",", 2)
+        chunks.append({"file": name, "start_s": float(start), "end_s": float(end)})
+    listing.unlink()
+    if not chunks:
+        raise ScrapeError("ffmpeg wrote no chunks")
+    return chunks
+
+
+class SpeechFilter:
+    """Speech share of a chunk with silero-vad (its model ships in the wheel: runs offline)."""
+
+    def __init__(self):
+        from silero_vad import load_silero_vad
+
+        self._model = load_silero_vad()
+        self._lock = threading.Lock()  # the jit model keeps state between calls
+
+    def speech_ratio(self, path: Path) -> float:
+        import torch
+        from silero_vad import get_speech_timestamps
+
+        wav = torch.from_numpy(load_audio(path, WHISPER_SAMPLE_RATE_HZ))
+        with self._lock:
+            spans = get_speech_timestamps(wav, self._model, sampling_rate=WHISPER_SAMPLE_RATE_HZ)
+        return sum(s["end"] - s["start"] for s in spans) / max(1, wav.numel())
+
+
+def scrape_video(entry: dict, out_root: Path, cfg: ScrapeConfig,
+                 speech: SpeechFilter | None = None) -> dict:  # fmt: skip
+    """Download and chunk one video; the manifest record (never raises for a bad video)."""
+    start = time.perf_counter()
+    record = {"id": entry.get("id"), "url": entry.get("url"), "status": "failed", "reason": None,
+              "n_chunks": 0, "duration_s": None, "bytes": 0}  # fmt: skip
+    try:
+        final = chunk_dir(out_root, str(entry.get("id", "")))
+        tmp = out_root / TMP_DIR / final.name
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "dl").mkdir(parents=True)
+        try:
+            record.update(_download_and_cut(entry, final, tmp, cfg, speech))
+            record["status"], record["reason"] = "ok", None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except ScrapeError as err:
+        record["reason"] = str(err)
+    except Exception as err:  # an unexpected error in one video must not stop the run
+        record["reason"] = f"{type(err).__name__}: {_short(str(err))}"
+    record["seconds_taken"] = round(time.perf_counter() - start, 3)
+    return record
+
+
+def _download_and_cut(entry, final: Path, tmp: Path, cfg, speech) -> dict:
+    src = download_audio(entry["url"], tmp / "dl", cfg)
+    size = src.stat().st_size
+    if size == 0:
+        raise ScrapeError("empty download (0 bytes)")
+    info = probe(src)
+    if info["codec"] is None:
+        raise ScrapeError(f"not audio (no audio stream in the .{src.suffix.lstrip('.')} file)")
+    ext = CHUNK_EXT_BY_CODEC.get(info["codec"], "mka")  # Matroska takes any codec
+    chunks = segment_copy(src, tmp / "chunks", final.name, cfg.chunk_s, ext)
+    got_s = chunks[-1]["end_s"]
+    if info["duration_s"] and got_s < info["duration_s"] - max(2.0, 0.02 * info["duration_s"]):
+        raise ScrapeError(f"truncated: {got_s:.1f} s of {info['duration_s']:.1f} s readable")
+    src.unlink()  # the download is not kept
+    dropped = 0
+    if speech is not None:
+        kept = []
+        for chunk in chunks:
+            chunk["speech_ratio"] = round(speech.speech_ratio(tmp / "chunks" / chunk["file"]), 3)
+            if chunk["speech_ratio"] >= cfg.min_speech_ratio:
+                kept.append(chunk)
+            else:
+                (tmp / "chunks" / chunk["file"]).unlink()
+                dropped += 1
+        chunks = kept
+    meta = {"id": final.name, "codec": info["codec"], "chunk_s": cfg.chunk_s,
+            "duration_s": round(got_s, 3), "source_bytes": size, "dropped_low_speech": dropped,
+            "chunks": chunks}  # fmt: skip
+    write_json_atomic(tmp / "chunks" / "chunks.json", meta)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():  # a crash after the rename but before the manifest line: redo it
+        shutil.rmtree(final)
+    (tmp / "chunks").rename(final)
+    return {"n_chunks": len(chunks), "duration_s": meta["duration_s"], "bytes": size,
+            "codec": info["codec"], "dropped_low_speech": dropped}  # fmt: skip
+
+
+@dataclass
+class ScrapeSummary:
+    """What a run did."""
+
+    videos_total: int = 0
+    skipped_done: int = 0  # finished in an earlier run
+    ok: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # id -> reason
+    hours: float = 0.0  # audio chunked in this run
+    seconds: float = 0.0
+    stopped: str | None = None  # why the run stopped early (budget, disk)
+    reasons: Counter = field(default_factory=Counter)
+
+    @property
+    def realtime_factor(self) -> float:
+        """Audio seconds chunked per wall-clock second."""
+        return self.hours * 3600 / self.seconds if self.seconds else 0.0
+
+    def __str__(self) -> str:
+        lines = [f"videos: {self.ok} ok, {len(self.failed)} failed, {self.skipped_done} done "
+                 f"before, of {self.videos_total}",
+                 f"audio: {self.hours:.2f} h in {self.seconds:.1f} s "
+                 f"({self.realtime_factor:.0f}x realtime)"]  # fmt: skip
+        if self.reasons:
+            lines.append("failed: " + ", ".join(f"{k} {v}" for k, v in self.reasons.most_common()))
+        if self.stopped:
+            lines.append(f"stopped early: {self.stopped}")
+        return "\n".join(lines)
+
+
+def manifest_path(out_root: str | Path) -> Path:
+    """``data/scrape.jsonl`` for ``data/chunks``; else ``scrape.jsonl`` inside ``out_root``."""
+    out_root = Path(out_root)
+    return out_root.parent / "scrape.jsonl" if out_root.name == "chunks" else \
+        out_root / "scrape.jsonl"
+
+
+def run_scrape(cfg: ScrapeConfig, entries: list[dict], out_root: str | Path,
+               manifest: str | Path | None = None, shard: tuple[int, int] = (0, 1),
+               retry_failed: bool = False, progress: bool = True) -> ScrapeSummary:  # fmt: skip
+    """Scrape index ``entries`` into ``out_root``, resuming from ``manifest`` (default
+    ``scrape.jsonl`` beside ``out_root``). Shard ``(i, n)`` takes the ids that hash to i.
+    """
+    from tqdm.auto import tqdm
+
+    out_root = Path(out_root)
+    manifest = Path(manifest) if manifest else manifest_path(out_root)
+    entries = take_shard(entries, shard, key=lambda e: str(e.get("id")))
+    last = {r["id"]: r for r in read_jsonl(manifest) if "id" in r}
+    redo = {"failed"} if retry_failed else set()
+    done_hours = sum((r.get("duration_s") or 0) for r in last.values() if r["status"] == "ok")
+    done_hours /= 3600
+    todo = [e for e in entries if e.get("id") not in last or last[e["id"]]["status"] in redo]
+    summary = ScrapeSummary(videos_total=len(entries), skipped_done=len(entries) - len(todo))
+    _clean_leftovers(out_root, todo)
+    speech = SpeechFilter() if cfg.speech_filter else None
+    start = time.perf_counter()
+    total_h = sum((e.get("duration_s") or 0) for e in todo) / 3600
+    bar = tqdm(total=round(total_h, 3), desc="scrape", unit="h", disable=not progress,
+               bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h [{elapsed}<{remaining}]")
+    queue = list(todo)
+    pool = ThreadPoolExecutor(max_workers=max(1, cfg.workers))
+    pending: dict = {}
+    interrupted = False
+    try:
+        with JsonlWriter(manifest) as writer:
+            while queue or pending:
+                while queue and len(pending) < 2 * cfg.workers and not summary.stopped:
+                    in_flight_h = sum((e.get("duration_s") or 0) for e in pending.values()) / 3600
+                    summary.stopped = _should_stop(cfg, out_root,
+                                                   done_hours + summary.hours + in_flight_h)
+                    if summary.stopped:
+                        break
+                    entry = queue.pop(0)
+                    pending[pool.submit(scrape_video, entry, out_root, cfg, speech)] = entry
+                if not pending:
+                    break
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    entry = pending.pop(future)
+                    record = future.result()
+                    writer.write(record)
+                    if record["status"] == "ok":
+                        summary.ok += 1
+                        summary.hours += record["duration_s"] / 3600
+                    else:
+                        summary.failed[str(record["id"])] = record["reason"]
+                        summary.reasons[record["reason"].split(":")[0][:40]] += 1
+                    bar.update(round((entry.get("duration_s") or 0) / 3600, 3))
+    except BaseException:
+        interrupted = True  # Ctrl-C: lines written stay; videos in flight are redone next time
+        raise
+    finally:
+        pool.shutdown(wait=not interrupted, cancel_futures=True)
+        bar.close()
+        summary.seconds = time.perf_counter() - start
+    return summary
+
+
+@contextmanager
+def demo_server_if_needed(entries: list[dict]) -> Iterator[None]:
+    """Serve the bundled demo podcast on its fixed port while entries that need it run."""
+    if not any(e.get("source") == "demo" for e in entries):
+        yield
+        return
+    from .config import demo_dir
+    from .local_server import DEMO_PORT, serve_directory
+
+    with serve_directory(demo_dir(), port=DEMO_PORT):
+        yield
+
+
+def _should_stop(cfg: ScrapeConfig, out_root: Path, hours_so_far: float) -> str | None:
+    """Why no further video should start (hours include those in flight), or None."""
+    if cfg.max_hours is not None and hours_so_far >= cfg.max_hours:
+        return f"--max-hours {cfg.max_hours:g} reached ({hours_so_far:.2f} h done or running)"
+    out_root.mkdir(parents=True, exist_ok=True)
+    free_gb = shutil.disk_usage(out_root).free / 2**30
+    if free_gb < cfg.min_free_gb:
+        return f"disk nearly full ({free_gb:.1f} GB free < {cfg.min_free_gb:g} GB)"
+    return None
+
+
+def _clean_leftovers(out_root: Path, todo: list[dict]) -> None:
+    """Remove partial downloads and chunk folders a crash left for the videos about to run
+    (only those: other shards may be working in the same tree)."""
+    for entry in todo:
+        vid = str(entry.get("id", ""))
+        if SAFE_ID.match(vid) and not vid.startswith("-"):
+            shutil.rmtree(out_root / TMP_DIR / vid, ignore_errors=True)

@@ -1,0 +1,198 @@
+"""Stage 02 on 127.0.0.1: yt-dlp downloads, ffmpeg segment copy, failures, resume, safety."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from speechlm_utils import scrape
+from speechlm_utils.audio import ffmpeg_exe, load_audio, probe
+from speechlm_utils.config import ScrapeConfig
+from speechlm_utils.local_server import serve_directory
+from speechlm_utils.manifest import read_jsonl
+
+from .conftest import DEMO_DIR
+
+GOOD = {"opus": "a.webm", "aac": "b.m4a", "mp3": "c.mp3"}
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """A served folder with good files in three codecs and four kinds of bad ones."""
+    root = tmp_path_factory.mktemp("media")
+    shutil.copy(DEMO_DIR / "demo_ep_001.webm", root / "a.webm")
+    shutil.copy(DEMO_DIR / "demo_ep_002.m4a", root / "b.m4a")
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i",
+                    str(DEMO_DIR / "demo_ep_003.webm"), "-t", "45", "-c:a", "libmp3lame",
+                    "-b:a", "48k", str(root / "c.mp3")], check=True)  # fmt: skip
+    (root / "empty.webm").write_bytes(b"")
+    data = (DEMO_DIR / "demo_ep_003.webm").read_bytes()
+    (root / "trunc.webm").write_bytes(data[: len(data) * 2 // 5])
+    (root / "page.html").write_text("<html><body><p>no media here</p></body></html>")
+    with serve_directory(root) as base:
+        yield root, base
+
+
+def entries_for(base, names):
+    return [{"id": n.replace(".", "_"), "url": f"{base}/{n}", "duration_s": 50.0} for n in names]
+
+
+def cfg(**kw):
+    return ScrapeConfig.from_profile("tiny", **kw)
+
+
+def tree(root):
+    """Relative path -> md5 of every file under a chunk root (the manifest aside)."""
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def test_three_codecs_chunked_by_copy_and_failures_recorded(media, tmp_path):
+    root, base = media
+    names = [*GOOD.values(), "missing.webm", "empty.webm", "trunc.webm", "page.html"]
+    out = tmp_path / "chunks"
+    summary = scrape.run_scrape(cfg(chunk_s=10.0), entries_for(base, names), out, progress=False)
+    records = {r["id"]: r for r in read_jsonl(tmp_path / "scrape.jsonl")}
+    assert summary.ok == 3 and len(summary.failed) == 4
+    for codec, name in GOOD.items():
+        rec = records[name.replace(".", "_")]
+        assert rec["status"] == "ok" and rec["codec"] == codec and rec["n_chunks"] >= 4
+        folder = scrape.chunk_dir(out, rec["id"])
+        meta = json.loads((folder / "chunks.json").read_text())
+        files = [folder / c["file"] for c in meta["chunks"]]
+        assert all(probe(f)["codec"] == codec for f in files)  # no transcoding
+        source_s = load_audio(root / name, 48_000).size / 48_000
+        chunks_s = sum(load_audio(f, 48_000).size for f in files) / 48_000
+        assert abs(chunks_s - source_s) < 0.06, (name, chunks_s, source_s)  # a frame or two
+        assert meta["chunks"][0]["start_s"] == 0 and meta["chunks"][1]["start_s"] >= 9.9
+    reasons = {k: records[k]["reason"] for k in ("missing_webm", "empty_webm", "trunc_webm",
+                                                   "page_html")}  # fmt: skip
+    assert "404" in reasons["missing_webm"]
+    assert reasons["empty_webm"]  # yt-dlp or our 0-byte check, either way a reason
+    assert reasons["trunc_webm"].startswith("truncated")
+    assert reasons["page_html"]
+    assert all(records[k]["status"] == "failed" for k in reasons)
+    assert not list((out / scrape.TMP_DIR).iterdir())  # nothing partial left
+    assert not (out / "mi").exists() and not (out / "em").exists()
+
+
+def test_ctrl_c_mid_chunking_then_resume_equals_one_run(media, tmp_path, monkeypatch):
+    _, base = media
+    entries = entries_for(base, list(GOOD.values()))
+    clean = tmp_path / "clean" / "chunks"
+    scrape.run_scrape(cfg(workers=1), entries, clean, progress=False)
+
+    out = tmp_path / "resumed" / "chunks"
+    real = scrape.segment_copy
+
+    def interrupted(src, dest, video_id, chunk_s, ext):
+        if video_id == "b_m4a":
+            real(src, dest, video_id, chunk_s, ext)  # chunks half-written into .tmp...
+            raise KeyboardInterrupt  # ...when the user presses Ctrl-C
+        return real(src, dest, video_id, chunk_s, ext)
+
+    monkeypatch.setattr(scrape, "segment_copy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        scrape.run_scrape(cfg(workers=1), entries, out, progress=False)
+    monkeypatch.setattr(scrape, "segment_copy", real)
+    assert not scrape.chunk_dir(out, "b_m4a").exists()  # never a partial chunk folder
+
+    again = scrape.run_scrape(cfg(workers=1), entries, out, progress=False)
+    assert again.skipped_done == 1 and again.ok == 2
+    assert tree(out) == tree(clean)
+    assert not list((out / scrape.TMP_DIR).iterdir())
+    lines = (tmp_path / "resumed" / "scrape.jsonl").read_text().splitlines()
+    third = scrape.run_scrape(cfg(), entries, out, progress=False)  # nothing left to do
+    assert third.ok == 0 and third.skipped_done == 3
+    assert (tmp_path / "resumed" / "scrape.jsonl").read_text().splitlines() == lines
+
+
+def test_hard_crash_leftovers_are_cleaned_and_redone(media, tmp_path):
+    _, base = media
+    entries = entries_for(base, list(GOOD.values()))
+    clean = tmp_path / "clean" / "chunks"
+    scrape.run_scrape(cfg(), entries, clean, progress=False)
+
+    out = tmp_path / "crashed" / "chunks"
+    scrape.run_scrape(cfg(), entries[:1], out, progress=False)
+    # what a kill -9 leaves: a partial download, partial chunks, a torn manifest line
+    part = out / scrape.TMP_DIR / "b_m4a"
+    (part / "dl").mkdir(parents=True)
+    (part / "dl" / "download.m4a.part").write_bytes(b"\0" * 1000)
+    (part / "chunks").mkdir()
+    (part / "chunks" / "b_m4a_00000.m4a").write_bytes(b"\0" * 10)
+    with (tmp_path / "crashed" / "scrape.jsonl").open("a") as f:
+        f.write('{"id": "b_m4a", "stat')
+    summary = scrape.run_scrape(cfg(), entries, out, progress=False)
+    assert summary.ok == 2 and summary.skipped_done == 1
+    assert tree(out) == tree(clean)
+
+
+def test_retry_failed_and_budget(media, tmp_path):
+    root, base = media
+    out = tmp_path / "chunks"
+    entries = entries_for(base, ["a.webm", "late.webm"])
+    first = scrape.run_scrape(cfg(), entries, out, progress=False)
+    assert list(first.failed) == ["late_webm"]
+    shutil.copy(root / "a.webm", root / "late.webm")  # the video became available
+    try:
+        assert scrape.run_scrape(cfg(), entries, out, progress=False).ok == 0
+        assert scrape.run_scrape(cfg(), entries, out, retry_failed=True, progress=False).ok == 1
+    finally:
+        (root / "late.webm").unlink()
+    budget = scrape.run_scrape(cfg(max_hours=0.01), entries_for(base, list(GOOD.values())),
+                               tmp_path / "b" / "chunks", progress=False)  # fmt: skip
+    assert budget.stopped and "max-hours" in budget.stopped and budget.ok < 3
+    full_disk = scrape.run_scrape(cfg(min_free_gb=1e9), entries, tmp_path / "d" / "chunks",
+                                  progress=False)  # fmt: skip
+    assert "disk" in full_disk.stopped and full_disk.ok == 0
+
+
+def test_shards_split_by_id_and_cover_everything(media, tmp_path):
+    _, base = media
+    entries = entries_for(base, list(GOOD.values()))
+    ids = [set(), set()]
+    for i in range(2):
+        scrape.run_scrape(cfg(), entries, tmp_path / "chunks", shard=(i, 2), progress=False)
+        ids[i] = {r["id"] for r in read_jsonl(tmp_path / "scrape.jsonl")} - ids[0]
+    assert ids[0] | ids[1] == {e["id"] for e in entries} and not ids[0] & ids[1]
+
+
+def test_odd_names_never_escape_the_root_or_reach_a_shell(media, tmp_path):
+    _, base = media
+    sandbox = tmp_path / "sandbox"
+    out = sandbox / "chunks"
+    canary = tmp_path / "pwned"
+    evil = [
+        {"id": "../../escape", "url": f"{base}/a.webm"},
+        {"id": "-rf", "url": f"{base}/a.webm"},
+        {"id": "ok_id", "url": f"{base}/a.webm?x=';touch {canary};'&y=$(touch {canary})",
+         "title": f"\"; touch {canary}; echo \"../../"},
+    ]
+    summary = scrape.run_scrape(cfg(), evil, out, progress=False)
+    assert summary.ok == 1 and set(summary.failed) == {"../../escape", "-rf"}
+    assert all("unsafe video id" in r for r in summary.failed.values())
+    assert not canary.exists()
+    assert {p.name for p in tmp_path.iterdir()} == {"sandbox"}
+    assert all(p.resolve().is_relative_to(sandbox.resolve()) for p in sandbox.rglob("*"))
+
+
+def test_speech_filter_drops_silent_chunks(media, tmp_path):
+    root, base = media
+    mixed = root / "mixed.webm"  # 20 s of speech, then 20 s of silence
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y",
+                    "-i", str(root / "a.webm"), "-f", "lavfi", "-t", "20",
+                    "-i", "anullsrc=r=48000:cl=mono", "-filter_complex",
+                    "[0:a]atrim=0:20[s];[s][1:a]concat=n=2:v=0:a=1", "-c:a", "libopus",
+                    str(mixed)], check=True)  # fmt: skip
+    out = tmp_path / "chunks"
+    summary = scrape.run_scrape(cfg(speech_filter=True, chunk_s=10.0),
+                                entries_for(base, ["mixed.webm"]), out, progress=False)
+    assert summary.ok == 1
+    meta = json.loads((scrape.chunk_dir(out, "mixed_webm") / "chunks.json").read_text())
+    assert meta["dropped_low_speech"] >= 2  # both silent 10 s chunks (and any sliver after)
+    assert [c["start_s"] < 19.9 for c in meta["chunks"]] == [True, True]
+    assert all(c["speech_ratio"] > 0.5 for c in meta["chunks"])
+    assert len(list(scrape.chunk_dir(out, "mixed_webm").glob("*.webm"))) == 2
