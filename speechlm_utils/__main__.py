@@ -85,11 +85,12 @@ def cmd_scrape(args: argparse.Namespace) -> None:
     if not entries:
         raise SystemExit(f"no entries in {', '.join(map(str, index_files))}: run `index` first")
     out = args.out or cfg.data_dir / "chunks"
+    shard = parse_shard(args.shard)
     with scrape.demo_server_if_needed(entries):
-        summary = scrape.run_scrape(cfg, entries, out, shard=parse_shard(args.shard),
+        summary = scrape.run_scrape(cfg, entries, out, shard=shard,
                                     retry_failed=args.retry_failed)  # fmt: skip
     print(summary)
-    print(f"chunks: {out}   manifest: {scrape.manifest_path(out)}")
+    print(f"chunks: {out}   manifest: {scrape.manifest_path(out, shard)}")
 
 
 def _data_dir(args: argparse.Namespace) -> dict:

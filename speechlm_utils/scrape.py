@@ -49,14 +49,18 @@ def chunk_dir(out_root: Path, video_id: str) -> Path:
     return out_root / video_id[:2] / video_id
 
 
+def read_chunk_listings(out_root: str | Path) -> list[dict]:
+    """Each finished video's ``chunks.json`` under ``out_root``, with its ``folder``."""
+    listings = []
+    for path in sorted(Path(out_root).glob("*/*/chunks.json")):
+        listings.append({**json.loads(path.read_text()), "folder": path.parent})
+    return listings
+
+
 def list_chunks(out_root: str | Path) -> list[Path]:
     """Every chunk file under ``out_root``, sorted (video, then chunk number)."""
-    out_root = Path(out_root)
-    files = []
-    for listing in sorted(out_root.glob("*/*/chunks.json")):
-        meta = json.loads(listing.read_text())
-        files += [listing.parent / c["file"] for c in meta["chunks"]]
-    return files
+    return [meta["folder"] / c["file"] for meta in read_chunk_listings(out_root)
+            for c in meta["chunks"]]  # fmt: skip
 
 
 class _NullLogger:
@@ -137,6 +141,36 @@ def segment_copy(src: Path, dest: Path, video_id: str, chunk_s: float, ext: str)
     if not chunks:
         raise ScrapeError("ffmpeg wrote no chunks")
     return chunks
+
+
+def transcode_segments(src: Path, dest: Path, chunk_s: float, codec: str) -> None:
+    """The naive alternative to `segment_copy`: decode and re-encode every chunk (for
+    comparison only; it costs CPU and loses quality)."""
+    encoders = {"opus": ("webm", ["-c:a", "libopus", "-b:a", "32k"]),
+                "aac": ("m4a", ["-c:a", "aac", "-b:a", "48k"]),
+                "mp3": ("mp3", ["-c:a", "libmp3lame", "-b:a", "64k"])}  # fmt: skip
+    ext, args = encoders[codec]
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-i", str(src), "-map", "0:a:0",
+           *args, "-f", "segment", "-segment_time", f"{chunk_s:g}", "-reset_timestamps", "1",
+           str(dest / f"t_%05d.{ext}")]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def compare_copy_vs_transcode(src: Path, workdir: Path, chunk_s: float = 20.0) -> dict:
+    """Time chunking ``src`` by stream copy and by re-encoding; seconds and realtime factors."""
+    info = probe(src)
+    ext = CHUNK_EXT_BY_CODEC.get(info["codec"], "mka")
+    start = time.perf_counter()
+    segment_copy(src, workdir / "copy", "x", chunk_s, ext)
+    copy_s = time.perf_counter() - start
+    start = time.perf_counter()
+    transcode_segments(src, workdir / "transcode", chunk_s, info["codec"])
+    transcode_s = time.perf_counter() - start
+    audio_s = info["duration_s"]
+    return {"codec": info["codec"], "audio_s": audio_s, "copy_s": copy_s,
+            "transcode_s": transcode_s, "copy_realtime": audio_s / copy_s,
+            "transcode_realtime": audio_s / transcode_s, "speedup": transcode_s / copy_s}
 
 
 class SpeechFilter:
@@ -249,23 +283,24 @@ class ScrapeSummary:
         return "\n".join(lines)
 
 
-def manifest_path(out_root: str | Path) -> Path:
-    """``data/scrape.jsonl`` for ``data/chunks``; else ``scrape.jsonl`` inside ``out_root``."""
+def manifest_path(out_root: str | Path, shard: tuple[int, int] = (0, 1)) -> Path:
+    """``data/scrape.jsonl`` for ``data/chunks`` (else inside ``out_root``); a shard ``i/n``
+    gets ``scrape.i-of-n.jsonl``, so processes on several hosts never append to one file."""
     out_root = Path(out_root)
-    return out_root.parent / "scrape.jsonl" if out_root.name == "chunks" else \
-        out_root / "scrape.jsonl"
+    name = "scrape.jsonl" if shard[1] == 1 else f"scrape.{shard[0]}-of-{shard[1]}.jsonl"
+    return out_root.parent / name if out_root.name == "chunks" else out_root / name
 
 
 def run_scrape(cfg: ScrapeConfig, entries: list[dict], out_root: str | Path,
                manifest: str | Path | None = None, shard: tuple[int, int] = (0, 1),
                retry_failed: bool = False, progress: bool = True) -> ScrapeSummary:  # fmt: skip
     """Scrape index ``entries`` into ``out_root``, resuming from ``manifest`` (default
-    ``scrape.jsonl`` beside ``out_root``). Shard ``(i, n)`` takes the ids that hash to i.
+    `manifest_path`). Shard ``(i, n)`` takes the ids that hash to i.
     """
     from tqdm.auto import tqdm
 
     out_root = Path(out_root)
-    manifest = Path(manifest) if manifest else manifest_path(out_root)
+    manifest = Path(manifest) if manifest else manifest_path(out_root, shard)
     entries = take_shard(entries, shard, key=lambda e: str(e.get("id")))
     last = {r["id"]: r for r in read_jsonl(manifest) if "id" in r}
     redo = {"failed"} if retry_failed else set()

@@ -28,3 +28,42 @@ def plot_index(entries: list[dict], top_terms: int = 20, title: str | None = Non
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def table(rows: list[dict], columns: list[str] | None = None, max_rows: int = 30):
+    """A small HTML table for notebooks (no pandas needed)."""
+    from html import escape
+
+    from IPython.display import HTML
+
+    columns = columns or list(dict.fromkeys(k for row in rows for k in row))
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    body = []
+    for row in rows[:max_rows]:
+        cells = []
+        for c in columns:
+            value = row.get(c)
+            text = f"{value:.2f}" if isinstance(value, float) else ("" if value is None else value)
+            cells.append(f"<td>{escape(str(text))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    more = f"<p>… {len(rows) - max_rows} more rows</p>" if len(rows) > max_rows else ""
+    return HTML(f"<table><tr>{head}</tr>{''.join(body)}</table>{more}")
+
+
+def plot_scrape(records: list[dict], listings: list[dict]):
+    """Chunk durations, and each video's realtime factor (audio seconds per wall second)."""
+    durations = [c["end_s"] - c["start_s"] for meta in listings for c in meta["chunks"]]
+    ok = [r for r in records if r.get("status") == "ok" and r.get("seconds_taken")]
+    fig, (ax_chunks, ax_rtf) = plt.subplots(1, 2, figsize=(12, 3.5))
+    ax_chunks.hist(durations, bins=30, color="tab:purple")
+    ax_chunks.set_xlabel("chunk duration (s)")
+    ax_chunks.set_ylabel("chunks")
+    ax_chunks.set_title(f"{len(durations)} chunks: cuts land on packet boundaries")
+    names = [r["id"] for r in ok]
+    factors = [r["duration_s"] / r["seconds_taken"] for r in ok]
+    ax_rtf.bar(range(len(ok)), factors, color="tab:orange")
+    ax_rtf.set_xticks(range(len(ok)), names, rotation=30, ha="right", fontsize=8)
+    ax_rtf.set_ylabel("audio s per wall s")
+    ax_rtf.set_title("realtime factor per video (download + cut)")
+    fig.tight_layout()
+    return fig

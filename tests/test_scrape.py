@@ -153,11 +153,13 @@ def test_retry_failed_and_budget(media, tmp_path):
 def test_shards_split_by_id_and_cover_everything(media, tmp_path):
     _, base = media
     entries = entries_for(base, list(GOOD.values()))
-    ids = [set(), set()]
+    ids = []
     for i in range(2):
         scrape.run_scrape(cfg(), entries, tmp_path / "chunks", shard=(i, 2), progress=False)
-        ids[i] = {r["id"] for r in read_jsonl(tmp_path / "scrape.jsonl")} - ids[0]
+        ids.append({r["id"] for r in read_jsonl(tmp_path / f"scrape.{i}-of-2.jsonl")})
     assert ids[0] | ids[1] == {e["id"] for e in entries} and not ids[0] & ids[1]
+    listed = {m["id"] for m in scrape.read_chunk_listings(tmp_path / "chunks")}
+    assert listed == ids[0] | ids[1]  # one shared chunk tree
 
 
 def test_odd_names_never_escape_the_root_or_reach_a_shell(media, tmp_path):
