@@ -68,7 +68,7 @@ def test_notebooks_follow_the_house_layout():
         assert cells[0]["cell_type"] == "markdown" and f"notebooks/{path.name}" in intro
         assert "colab-badge" in intro and "**Time:**" in intro
         assert "IN_COLAB" in install and "--no-deps moshi==0.2.13" in install
-        assert ".from_profile()" in setup
+        assert "cfg = " in setup and ".from_profile(" in setup
         long_cells = [c for c in cells if c["cell_type"] == "code" and c is not cells[1]
                       and len("".join(c["source"]).splitlines()) > 15]  # fmt: skip
         assert not long_cells, f"{path.name}: code cells stay short; logic lives in the library"
