@@ -209,8 +209,11 @@ class TokenizeConfig(StageConfig):
     text_lead_s: float = 2.0  # a word's text comes this long before its sound
     batch_size: int = 16  # chunks per Mimi/Whisper batch
     workers: int = 4  # DataLoader processes decoding audio
+    text_source: str = "whisper"  # where the words come from
+    min_duration_s: float = 1.0  # shorter chunks are skipped (a chunk's tail sliver)
+    silence_dbfs: float = -60.0  # quieter chunks are skipped as silent
 
-    _tiny: ClassVar[dict] = {"batch_size": 4, "workers": 0}
+    _tiny: ClassVar[dict] = {"batch_size": 4, "workers": 1}
 
 
 @dataclass

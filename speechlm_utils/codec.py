@@ -1,0 +1,81 @@
+"""Mimi, kyutai's neural audio codec: 24 kHz audio <-> 12.5 frames/s of discrete codes.
+
+Mimi compresses each 80 ms frame with a residual vector quantizer (RVQ): codebook 0 holds the
+*semantic* code (distilled from a speech model), codebooks 1..7 refine the *acoustic* detail,
+each one quantizing what the previous ones left over. We keep the first K (default 4).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .audio import MIMI_FRAME_SAMPLES, MIMI_SAMPLE_RATE_HZ
+from .checkpoints import load_mimi
+from .config import ModelsConfig
+
+CODEBOOK_SIZE = 2048  # codes per Mimi codebook
+MAX_CODEBOOKS = 8  # Mimi is trained with 8 (of 32 in the checkpoint) for Moshi
+
+
+def frames_for(num_samples: int) -> int:
+    """Mimi frames covering ``num_samples`` at 24 kHz (a partial frame counts as one)."""
+    return math.ceil(num_samples / MIMI_FRAME_SAMPLES)
+
+
+class Codec:
+    """Batched Mimi encode/decode with K codebooks, plus frame-by-frame streaming decode."""
+
+    def __init__(self, mimi, num_codebooks: int = 4, device: str = "cpu"):
+        if not 1 <= num_codebooks <= MAX_CODEBOOKS:
+            raise ValueError(f"num_codebooks must be 1..{MAX_CODEBOOKS}, got {num_codebooks}")
+        self.mimi, self.num_codebooks, self.device = mimi, num_codebooks, device
+        self.mimi.set_num_codebooks(num_codebooks)
+        self.sample_rate_hz = MIMI_SAMPLE_RATE_HZ
+        self.frame_samples = MIMI_FRAME_SAMPLES
+
+    @classmethod
+    def load(cls, models: ModelsConfig, num_codebooks: int = 4, device: str = "cpu") -> Codec:
+        return cls(load_mimi(models, device=device, num_codebooks=MAX_CODEBOOKS),
+                   num_codebooks, device)  # fmt: skip
+
+    def set_num_codebooks(self, num_codebooks: int) -> None:
+        """Change K in place (e.g. to hear 1, 2, 4 or 8 codebooks)."""
+        self.mimi.set_num_codebooks(num_codebooks)
+        self.num_codebooks = num_codebooks
+
+    @torch.no_grad()
+    def encode(self, wav: torch.Tensor, lengths: list[int] | None = None) -> list[torch.Tensor]:
+        """``wav[B, 1, T]`` at 24 kHz (zero-padded) -> one ``codes[K, F_i]`` per item.
+
+        ``lengths`` are the true sample counts; item i keeps ``ceil(len_i / 1920)`` frames.
+        Mimi is causal, so the padding after an item never changes its codes.
+        """
+        wav = wav.to(self.device, torch.float32)
+        if wav.dim() != 3 or wav.shape[1] != 1:
+            raise ValueError(f"expected wav [B, 1, T], got {tuple(wav.shape)}")
+        lengths = lengths or [wav.shape[-1]] * wav.shape[0]
+        pad = (-wav.shape[-1]) % self.frame_samples
+        if pad:
+            wav = torch.nn.functional.pad(wav, (0, pad))
+        codes = self.mimi.encode(wav)  # [B, K, F]
+        return [codes[i, :, : frames_for(n)].cpu() for i, n in enumerate(lengths)]
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """``codes[B, K, F]`` (or ``[K, F]``) -> ``wav[B, 1, F * 1920]`` at 24 kHz."""
+        if codes.dim() == 2:
+            codes = codes[None]
+        return self.mimi.decode(codes.to(self.device, torch.long)).float().cpu()
+
+    @torch.no_grad()
+    def decode_stream(self, frames: Iterator[torch.Tensor]) -> Iterator[np.ndarray]:
+        """Decode frame by frame with Mimi's streaming state: each ``codes[K]`` or ``[K, n]``
+        yields its 80 ms (x n) of audio as soon as it is given. ``[T]`` float32 per step."""
+        with self.mimi.streaming(batch_size=1):
+            for codes in frames:
+                codes = codes.reshape(self.num_codebooks, -1)[None].to(self.device, torch.long)
+                yield self.mimi.decode(codes)[0, 0].float().cpu().numpy()
