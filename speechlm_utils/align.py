@@ -18,7 +18,7 @@ from .checkpoints import load_whisper
 from .config import ModelsConfig
 
 WHISPER_WINDOW_S = 30.0  # Whisper always sees 30 s (padded)
-MAX_TEXT_TOKENS_PER_S = 8  # generous for speech (~3-5/s); caps runaway repetition
+MAX_TEXT_TOKENS_PER_S = 7  # generous for speech (~3-5/s); caps runaway repetition
 
 
 @dataclass
@@ -80,10 +80,10 @@ class Aligner:
                                         self.model.dims.n_mels)
             for w in wavs
         ]).to(device)  # [B, n_mels, 3000]  # fmt: skip
-        longest_s = max(w.size for w in wavs) / WHISPER_SAMPLE_RATE_HZ
+        # One sample_len for every batch, so an item's words never depend on its batch-mates.
         options = whisper.DecodingOptions(
             language=self.language, without_timestamps=True, fp16=self.fp16,
-            sample_len=max(8, int(MAX_TEXT_TOKENS_PER_S * longest_s)),
+            sample_len=int(MAX_TEXT_TOKENS_PER_S * WHISPER_WINDOW_S),
         )  # fmt: skip
         decoded = whisper.decode(self.model, mels, options)
         out = []

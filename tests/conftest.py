@@ -22,3 +22,24 @@ def tiny_models():
     models = ModelsConfig.from_profile("tiny", data_dir=REPO / "data")
     ensure_tiny_checkpoints(models)
     return models
+
+
+@pytest.fixture(scope="session")
+def codec(tiny_models):
+    from speechlm_utils.codec import Codec
+
+    return Codec.load(tiny_models, num_codebooks=4)
+
+
+@pytest.fixture(scope="session")
+def aligner(tiny_models):
+    from speechlm_utils.align import Aligner
+
+    return Aligner.load(tiny_models)
+
+
+@pytest.fixture(scope="session")
+def text_tokenizer(tiny_models):
+    from speechlm_utils.checkpoints import load_text_tokenizer
+
+    return load_text_tokenizer(tiny_models)

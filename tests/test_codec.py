@@ -1,0 +1,53 @@
+"""Mimi through `Codec` and Whisper through `Aligner`, on the tiny random checkpoints."""
+
+import numpy as np
+import torch
+
+from speechlm_utils.audio import WHISPER_SAMPLE_RATE_HZ, load_audio
+
+from .conftest import DEMO_DIR
+
+
+def test_batched_encode_equals_per_file_encode(codec):
+    torch.manual_seed(0)
+    lengths = [24_000 * 3, 24_000 * 2 + 700, 24_000]
+    wav = torch.zeros(3, 1, max(lengths))
+    for i, n in enumerate(lengths):
+        wav[i, 0, :n] = 0.1 * torch.randn(n)
+    batched = codec.encode(wav, lengths)
+    for i, n in enumerate(lengths):
+        alone = codec.encode(wav[i : i + 1, :, :n])[0]
+        assert alone.shape == (4, -(-n // 1920))  # any length: a partial frame counts
+        assert torch.equal(batched[i], alone)  # padding after an item never changes it
+
+
+def test_streaming_decode_equals_whole_decode(codec):
+    torch.manual_seed(1)
+    codes = codec.encode(0.1 * torch.randn(1, 1, 24_000 * 2))[0]
+    whole = codec.decode(codes)[0, 0].numpy()
+    streamed = np.concatenate(list(codec.decode_stream(iter(codes.T))))
+    assert streamed.shape == whole.shape == (codes.shape[1] * 1920,)
+    assert np.abs(streamed - whole).max() < 1e-4
+
+
+def test_fewer_codebooks(codec):
+    wav = 0.1 * torch.randn(1, 1, 24_000)
+    try:
+        codec.set_num_codebooks(2)
+        assert codec.encode(wav)[0].shape == (2, 13)
+    finally:
+        codec.set_num_codebooks(4)
+    assert codec.encode(wav)[0].shape == (4, 13)
+
+
+def test_aligner_words_are_timed_inside_the_audio(aligner):
+    wavs = [load_audio(DEMO_DIR / "demo_ep_001.webm", WHISPER_SAMPLE_RATE_HZ)[: 16_000 * n]
+            for n in (5, 12)]  # fmt: skip
+    results = aligner.align(wavs)
+    assert len(results) == 2
+    for wav, words in zip(wavs, results):
+        duration = wav.size / WHISPER_SAMPLE_RATE_HZ
+        starts = [w.start_s for w in words]
+        assert starts == sorted(starts)  # the untrained model's words are nonsense, but timed
+        for w in words:
+            assert 0 <= w.start_s <= w.end_s <= duration and np.isfinite(w.probability)
