@@ -93,6 +93,28 @@ def cmd_scrape(args: argparse.Namespace) -> None:
     print(f"chunks: {out}   manifest: {scrape.manifest_path(out, shard)}")
 
 
+def cmd_tokenize(args: argparse.Namespace) -> None:
+    """Stage 03: Mimi codes + word timestamps -> interleaved token files."""
+    from .manifest import parse_shard
+    from .preprocess import manifest_path, run_tokenize
+
+    overrides = {k: v for k, v in {
+        "batch_size": args.batch_size, "workers": args.workers,
+        "num_codebooks": args.num_codebooks, "text_lead_s": args.text_lead_s,
+        "text_source": args.text_source}.items() if v is not None}  # fmt: skip
+    cfg = config.TokenizeConfig.from_profile(args.profile, **_data_dir(args), **overrides)
+    models = config.ModelsConfig.from_profile(args.profile, **_data_dir(args))
+    rank, world, local_rank = config.distributed_env()  # torchrun: one process per GPU
+    shard = parse_shard(args.shard)
+    device = f"cuda:{local_rank}" if config.pick_device() == "cuda" else config.pick_device()
+    chunks = args.chunks or cfg.data_dir / "chunks"
+    out = args.out or cfg.data_dir / "tokens"
+    summary = run_tokenize(cfg, models, chunks, out, shard=shard, rank=(rank, world),
+                           device=device, progress=rank == 0)  # fmt: skip
+    print(f"[shard {shard[0]}/{shard[1]}, rank {rank}/{world} on {device}]\n{summary}")
+    print(f"tokens: {out}   manifest: {manifest_path(out, shard, (rank, world))}")
+
+
 def _data_dir(args: argparse.Namespace) -> dict:
     return {"data_dir": args.data_dir} if getattr(args, "data_dir", None) else {}
 
@@ -133,6 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--proxy", help="proxy URL for yt-dlp")
     sc.add_argument("--rate-limit", type=int, help="download bytes/s per video")
     sc.set_defaults(func=cmd_scrape)
+
+    tk = sub.add_parser("tokenize", help=cmd_tokenize.__doc__)
+    tk.add_argument("--chunks", type=Path, help="chunk root (default data/chunks)")
+    tk.add_argument("--out", type=Path, help="token root (default data/tokens)")
+    tk.add_argument("--batch-size", type=int)
+    tk.add_argument("--workers", type=int, help="DataLoader processes decoding audio")
+    tk.add_argument("--num-codebooks", type=int)
+    tk.add_argument("--text-lead-s", type=float)
+    tk.add_argument("--text-source", help="whisper (default)")
+    tk.add_argument("--shard", help="i/n of the videos; under torchrun split again per rank")
+    tk.set_defaults(func=cmd_tokenize)
 
     nb = sub.add_parser("notebooks", help=cmd_notebooks.__doc__)
     nb.add_argument("--dir", type=Path, default=Path("notebooks"))

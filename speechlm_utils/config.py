@@ -84,6 +84,13 @@ def describe_device() -> str:
     return f"cpu: {os.cpu_count()} cores"
 
 
+def distributed_env() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` under torchrun (or any launcher setting RANK and
+    WORLD_SIZE); ``(0, 1, 0)`` otherwise."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))  # fmt: skip
+
+
 def pick_device() -> str:
     """The best device torch can use here: cuda, then mps, then cpu."""
     import torch

@@ -102,6 +102,15 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     return (index, count)
 
 
+def in_shard(key: str, shard: tuple[int, int], sub: tuple[int, int] = (0, 1)) -> bool:
+    """Whether ``key`` is in ``shard`` (this host's ``--shard i/n``) and, within it, in
+    ``sub`` (this torchrun rank's ``(rank, world_size)``). The sub-split uses an independent
+    hash, so ranks split exactly the host's part, whatever the other hosts run."""
+    if shard_of(key, shard[1]) != shard[0]:
+        return False
+    return sub[1] == 1 or shard_of(f"rank:{key}", sub[1]) == sub[0]
+
+
 def shard_of(key: str, count: int) -> int:
     """The shard a key (e.g. a video id) belongs to: stable across runs, machines and Pythons."""
     digest = hashlib.sha1(key.encode("utf-8")).digest()

@@ -32,7 +32,7 @@ from .audio import (
 )
 from .codec import Codec
 from .config import ModelsConfig, TokenizeConfig
-from .manifest import JsonlWriter, atomic_path, read_jsonl, shard_of
+from .manifest import JsonlWriter, atomic_path, in_shard, read_jsonl
 from .scrape import read_chunk_listings
 from .tokenizer import SpeechTokenizer
 
@@ -51,11 +51,16 @@ def list_chunk_items(chunks_root: str | Path) -> list[dict]:
     return items
 
 
-def manifest_path(tokens_root: str | Path, shard: tuple[int, int] = (0, 1)) -> Path:
-    """``data/tokens.jsonl`` beside ``data/tokens`` (``tokens.i-of-n.jsonl`` for a shard)."""
-    root = Path(tokens_root)
-    name = "tokens.jsonl" if shard[1] == 1 else f"tokens.{shard[0]}-of-{shard[1]}.jsonl"
-    return root.parent / name
+def manifest_path(tokens_root: str | Path, shard: tuple[int, int] = (0, 1),
+                  rank: tuple[int, int] = (0, 1)) -> Path:  # fmt: skip
+    """``data/tokens.jsonl`` beside ``data/tokens``; a shard or a torchrun rank writes its own
+    (``tokens.i-of-n.jsonl``, ``tokens.i-of-n.rank-r-of-w.jsonl``)."""
+    name = "tokens"
+    if shard[1] > 1 or rank[1] > 1:
+        name += f".{shard[0]}-of-{shard[1]}"
+    if rank[1] > 1:
+        name += f".rank-{rank[0]}-of-{rank[1]}"
+    return Path(tokens_root).parent / f"{name}.jsonl"
 
 
 def read_token_manifests(tokens_root: str | Path) -> list[dict]:
@@ -157,12 +162,13 @@ class TokenizeSummary:
 
 def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | Path,
                  tokens_root: str | Path, shard: tuple[int, int] = (0, 1),
-                 device: str | None = None, codec: Codec | None = None,
-                 aligner: Aligner | None = None, text_tokenizer=None,
+                 rank: tuple[int, int] = (0, 1), device: str | None = None,
+                 codec: Codec | None = None, aligner: Aligner | None = None, text_tokenizer=None,
                  progress: bool = True) -> TokenizeSummary:  # fmt: skip
     """Tokenize every chunk under ``chunks_root`` into ``tokens_root`` (see module docstring).
 
-    Models are loaded here unless given (tests and notebooks pass them to reuse them).
+    ``shard`` picks this host's videos, ``rank`` = (rank, world_size) this process's part of
+    them under torchrun. Models are loaded here unless given (tests and notebooks reuse them).
     """
     from tqdm.auto import tqdm
 
@@ -173,9 +179,8 @@ def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | P
     tokens_root = Path(tokens_root)
     tokenizer = SpeechTokenizer.from_config(text_tokenizer or load_text_tokenizer(models), cfg)
     digest = config_digest(tokenizer, models, cfg.text_source)
-    items = [it for it in list_chunk_items(chunks_root)
-             if shard_of(it["video_id"], shard[1]) == shard[0]]  # fmt: skip
-    manifest = manifest_path(tokens_root, shard)
+    items = [it for it in list_chunk_items(chunks_root) if in_shard(it["video_id"], shard, rank)]
+    manifest = manifest_path(tokens_root, shard, rank)
     done = {r["chunk"] for r in read_jsonl(manifest) if r.get("config") == digest}
     todo = [it for it in items if it["chunk"] not in done]
     summary = TokenizeSummary(chunks_total=len(items), done_before=len(items) - len(todo))

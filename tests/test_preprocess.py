@@ -143,3 +143,16 @@ def test_same_bytes_hash_alike_and_a_new_config_hashes_anew(run, chunk_tree, tmp
     assert relead.ok == sum(r["status"] == "ok" for r in records)  # a new config: new work...
     new = [r for r in read_jsonl(tmp_path / "tokens.jsonl")][len(records):]
     assert not {r["hash"] for r in new} & {r["hash"] for r in records}  # ...with new hashes
+
+
+def test_torchrun_ranks_split_exactly_a_hosts_shard(run, chunk_tree, tmp_path):
+    from speechlm_utils.manifest import in_shard
+
+    keys = [f"video{i}" for i in range(300)]
+    host = [k for k in keys if in_shard(k, (1, 3))]
+    ranks = [[k for k in keys if in_shard(k, (1, 3), (r, 4))] for r in range(4)]
+    assert sorted(sum(ranks, [])) == sorted(host) and all(ranks)  # a partition of the host's
+    for r in range(2):  # two "GPUs" of one host write their own manifests
+        run(chunk_tree, tmp_path / "ranks" / "tokens", rank=(r, 2))
+    run(chunk_tree, tmp_path / "one" / "tokens")
+    assert outputs(tmp_path / "ranks" / "tokens") == outputs(tmp_path / "one" / "tokens")

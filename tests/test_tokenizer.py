@@ -8,7 +8,7 @@ import sentencepiece as spm
 
 from speechlm_utils.align import Word
 from speechlm_utils.checkpoints import mistral_v1_tokenizer_file
-from speechlm_utils.tokenizer import TEXT_KIND, SpeechTokenizer, TokenLayout
+from speechlm_utils.tokenizer import TEXT_KIND, SpeechTokenizer
 
 from .conftest import DEMO_DIR
 
