@@ -353,6 +353,26 @@ def run_scrape(cfg: ScrapeConfig, entries: list[dict], out_root: str | Path,
     return summary
 
 
+def ensure_chunks(data_dir: str | Path, profile: str) -> Path:
+    """``<data>/chunks``, made from the demo podcast first if empty (tiny profile only), so
+    every later notebook runs on its own."""
+    from .config import IndexConfig
+    from .index import index_demo, load_index
+
+    chunks = Path(data_dir) / "chunks"
+    if read_chunk_listings(chunks):
+        return chunks
+    if profile != "tiny":
+        raise FileNotFoundError(f"no chunks in {chunks}: run notebook 02 (or `scrape`) first")
+    index_path = Path(data_dir) / "index.jsonl"
+    index_demo(IndexConfig.from_profile("tiny", data_dir=data_dir), index_path, progress=False)
+    entries = load_index(index_path)
+    cfg = ScrapeConfig.from_profile("tiny", data_dir=data_dir, speech_filter=True)
+    with demo_server_if_needed(entries):
+        run_scrape(cfg, entries, chunks, progress=False)
+    return chunks
+
+
 @contextmanager
 def demo_server_if_needed(entries: list[dict]) -> Iterator[None]:
     """Serve the bundled demo podcast on its fixed port while entries that need it run."""

@@ -67,3 +67,71 @@ def plot_scrape(records: list[dict], listings: list[dict]):
     ax_rtf.set_title("realtime factor per video (download + cut)")
     fig.tight_layout()
     return fig
+
+
+def plot_vocab_layout(layout):
+    """The extended vocabulary as one bar: text ids, then each codebook's block, then specials."""
+    fig, ax = plt.subplots(figsize=(12, 2.4))
+    spans = [("text (base tokenizer)", 0, layout.text_vocab_size, "tab:blue")]
+    colors = plt.get_cmap("Oranges")
+    for k in range(layout.num_codebooks):
+        lo, hi = layout.id_range(k + 1)
+        label = "codebook 0 (semantic)" if k == 0 else f"codebook {k} (acoustic)"
+        spans.append((label, lo, hi, colors(0.35 + 0.5 * k / max(1, layout.num_codebooks))))
+    spans.append(("TEXT_PAD, then unused rows", layout.text_pad_id, layout.padded_vocab_size,
+                  "tab:gray"))  # fmt: skip
+    for label, lo, hi, color in spans:
+        ax.barh(0, hi - lo, left=lo, color=color, edgecolor="white", label=f"{label}: [{lo}, {hi})")
+    ax.text(layout.text_vocab_size / 2, 0, "text", ha="center", va="center", color="white")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=3, fontsize=8, frameon=False)
+    ax.set_yticks([])
+    ax.set_xlim(0, layout.padded_vocab_size)
+    ax.set_xlabel("token id")
+    ax.set_title(f"vocabulary: {layout.vocab_size} ids in use, "
+                 f"{layout.padded_vocab_size} embedding rows (a multiple of 64)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_group_layout(layout, groups: int = 2):
+    """The first groups of the stream, one cell per token, coloured by kind."""
+    import numpy as np
+
+    n = layout.group_len * groups
+    kinds = layout.kinds(n)
+    fig, ax = plt.subplots(figsize=(min(16, 0.32 * n + 1), 1.9))
+    cmap = plt.get_cmap("tab10")
+    for pos, kind in enumerate(kinds):
+        color = "tab:blue" if kind == 0 else cmap(2 + (kind - 1) % 8)
+        ax.add_patch(plt.Rectangle((pos, 0), 0.95, 1, color=color))
+        frame = (pos % layout.group_len - layout.text_slots_per_group) // layout.num_codebooks
+        label = "T" if kind == 0 else f"f{frame}\nc{kind - 1}"
+        ax.text(pos + 0.47, 0.5, label, ha="center", va="center", fontsize=6, color="white")
+    for g in range(groups + 1):
+        ax.axvline(g * layout.group_len - 0.03, color="black", lw=1.5)
+    ax.set_xlim(-0.2, n + 0.2)
+    ax.set_ylim(0, 1)
+    ax.set_yticks([])
+    ax.set_xticks(np.arange(groups) * layout.group_len + layout.group_len / 2,
+                  [f"group {g}: {g * layout.group_duration_s:.1f}-"
+                   f"{(g + 1) * layout.group_duration_s:.1f} s" for g in range(groups)])
+    ax.set_title(f"{layout.text_slots_per_group} text slots (T), then {layout.frames_per_group} "
+                 f"frames x {layout.num_codebooks} codebooks: {layout.group_len} tokens per "
+                 f"{layout.group_duration_s * 1000:.0f} ms = {layout.tokens_per_s:g} tokens/s")
+    fig.tight_layout()
+    return fig
+
+
+def plot_token_stats(records: list[dict]):
+    """Per chunk: text slots used and largest spill lag, over the tokenized dataset."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    fig, (ax_pad, ax_lag) = plt.subplots(1, 2, figsize=(12, 3.2))
+    ax_pad.hist([1 - r["pad_share"] for r in ok], bins=20, range=(0, 1), color="tab:blue")
+    ax_pad.set_xlabel("share of text slots holding a token")
+    ax_pad.set_ylabel("chunks")
+    ax_pad.set_title(f"{len(ok)} chunks")
+    ax_lag.hist([r["max_lag_s"] for r in ok], bins=20, color="tab:red")
+    ax_lag.set_xlabel("largest spill lag in the chunk (s)")
+    ax_lag.set_title("how late text had to go when slots were full")
+    fig.tight_layout()
+    return fig
