@@ -78,7 +78,8 @@ def cmd_scrape(args: argparse.Namespace) -> None:
     overrides = {k: v for k, v in {
         "workers": args.workers, "chunk_s": args.chunk_s, "max_hours": args.max_hours,
         "cookies_file": args.cookies, "proxy": args.proxy, "rate_limit_bps": args.rate_limit,
-        "speech_filter": args.speech_filter or None}.items() if v is not None}  # fmt: skip
+        "speech_filter": args.speech_filter or None,
+        "captions": args.captions or None}.items() if v is not None}  # fmt: skip
     cfg = config.ScrapeConfig.from_profile(args.profile, **_data_dir(args), **overrides)
     index_files = args.index or [cfg.data_dir / "index.jsonl"]
     entries = load_index(*index_files)
@@ -154,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--cookies", help="cookies.txt for yt-dlp")
     sc.add_argument("--proxy", help="proxy URL for yt-dlp")
     sc.add_argument("--rate-limit", type=int, help="download bytes/s per video")
+    sc.add_argument("--captions", action="store_true",
+                    help="also fetch YouTube captions (json3/vtt) for the text channel")
     sc.set_defaults(func=cmd_scrape)
 
     tk = sub.add_parser("tokenize", help=cmd_tokenize.__doc__)
@@ -163,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--workers", type=int, help="DataLoader processes decoding audio")
     tk.add_argument("--num-codebooks", type=int)
     tk.add_argument("--text-lead-s", type=float)
-    tk.add_argument("--text-source", help="whisper (default)")
+    tk.add_argument("--text-source", choices=["whisper", "captions", "sidecar"])
     tk.add_argument("--shard", help="i/n of the videos; under torchrun split again per rank")
     tk.set_defaults(func=cmd_tokenize)
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from .align import Word
 
 CAPTION_EXTENSIONS = (".json3", ".vtt", ".srt", ".json")
-_MARKER = re.compile(r"^[\[(♪].*[\])♪]$|^♪+$")
+_MARKER = re.compile(r"^[\[(♪].*[\])♪]$|^[♪\-–—]+$")  # [Music], (laughs), ♪, dialogue dashes
+_INLINE_TIME = re.compile(r"<((?:\d+:)?\d{1,2}:\d{2}\.\d{3})>")
 _TAG = re.compile(r"<[^>]+>")
 _CUE_TIME = re.compile(
     r"(?:(\d+):)?(\d{1,2}):(\d{2})[.,](\d{3})\s*-->\s*(?:(\d+):)?(\d{1,2}):(\d{2})[.,](\d{3})"
@@ -35,7 +36,7 @@ _CUE_TIME = re.compile(
 def _clean_words(text: str) -> list[str]:
     """Decode entities, strip tags, drop markers like [Music] and >> arrows; split on spaces."""
     text = _TAG.sub("", html.unescape(text)).replace("\u200b", "").replace(">>", " ")
-    text = re.sub(r"\[[^\]]*\]|\([A-Za-z ]+\)|♪+", " ", text)  # [Music], (applause), ♪
+    text = re.sub(r"\[[^\]]*\]|\([A-Za-z ]+\)|♪[^♪]*♪|♪+", " ", text)  # [Music], (applause), ♪…♪
     return [w for w in text.split() if w and not _MARKER.match(w)]
 
 
@@ -94,12 +95,30 @@ def parse_cues(text: str) -> list[Word]:
         start_s, end_s = _cue_seconds(_CUE_TIME.search(lines[timing]).groups())
         new_lines = []
         for line in lines[timing + 1 :]:
-            clean = " ".join(_clean_words(line))
+            clean = " ".join(_clean_words(_INLINE_TIME.sub("", line)))
             if clean and clean not in seen_lines[-3:]:  # rolling captions repeat lines
                 new_lines.append(line)
                 seen_lines.append(clean)
-        words += spread_words(" ".join(new_lines), start_s, end_s)
+        words += _cue_words(" ".join(new_lines), start_s, end_s)
     return _ordered(words)
+
+
+def _clock_s(text: str) -> float:
+    parts = [float(p) for p in text.split(":")]
+    return sum(p * 60**i for i, p in enumerate(reversed(parts)))
+
+
+def _cue_words(text: str, start_s: float, end_s: float) -> list[Word]:
+    """A cue's words: inline ``<00:00:01.500>`` word times (YouTube's automatic VTT) when
+    present, else spread over the cue."""
+    pieces = _INLINE_TIME.split(text)  # text, time, text, time, text ...
+    starts = [start_s] + [_clock_s(t) for t in pieces[1::2]]
+    texts = pieces[0::2]
+    words = []
+    for i, (piece, piece_start) in enumerate(zip(texts, starts)):
+        piece_end = starts[i + 1] if i + 1 < len(starts) else end_s
+        words += spread_words(piece, piece_start, max(piece_end, piece_start + 0.01))
+    return words
 
 
 def parse_transcript_json(text: str) -> list[Word]:

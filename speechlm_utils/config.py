@@ -202,6 +202,9 @@ class ScrapeConfig(StageConfig):
     proxy: str | None = None  # e.g. socks5://127.0.0.1:1080
     speech_filter: bool = False  # drop chunks with little speech (silero-vad)
     min_speech_ratio: float = 0.3  # share of a chunk that must be speech to keep it
+    captions: bool = False  # also fetch YouTube captions (human, else automatic) via yt-dlp
+    caption_langs: tuple[str, ...] = ("en", "en-US", "en-GB")  # first available wins
+    sidecar: bool = True  # also fetch a transcript (.json/.vtt/.srt) beside non-YouTube media
 
     _tiny: ClassVar[dict] = {"workers": 2, "min_free_gb": 0.5}
 
@@ -216,11 +219,12 @@ class TokenizeConfig(StageConfig):
     text_lead_s: float = 2.0  # a word's text comes this long before its sound
     batch_size: int = 16  # chunks per Mimi/Whisper batch
     workers: int = 4  # DataLoader processes decoding audio
-    text_source: str = "whisper"  # where the words come from
+    text_source: str = "whisper"  # whisper | captions (any stored timed text) | sidecar
     min_duration_s: float = 1.0  # shorter chunks are skipped (a chunk's tail sliver)
     silence_dbfs: float = -60.0  # quieter chunks are skipped as silent
 
-    _tiny: ClassVar[dict] = {"batch_size": 4, "workers": 1}
+    # tiny: the demo's true transcripts (the random Whisper would write nonsense)
+    _tiny: ClassVar[dict] = {"batch_size": 4, "workers": 1, "text_source": "sidecar"}
 
 
 @dataclass

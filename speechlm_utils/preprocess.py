@@ -47,8 +47,26 @@ def list_chunk_items(chunks_root: str | Path) -> list[dict]:
             path = listing["folder"] / chunk["file"]
             items.append({"path": str(path), "chunk": str(path.relative_to(root)),
                           "video_id": listing["id"], "start_s": chunk["start_s"],
-                          "duration_s": chunk["end_s"] - chunk["start_s"]})  # fmt: skip
+                          "duration_s": chunk["end_s"] - chunk["start_s"],
+                          "stored_text": listing.get("text_source") if "words" in chunk else None,
+                          "stored_words": chunk.get("words")})  # fmt: skip
     return items
+
+
+TEXT_SOURCES = ("whisper", "captions", "sidecar")
+
+
+def stored_words(item: dict, text_source: str) -> tuple[str, list[Word]] | None:
+    """The chunk's own timed text if ``text_source`` accepts it: ``captions`` takes any stored
+    text (captions or a sidecar transcript), ``sidecar`` only a transcript, ``whisper`` none."""
+    if text_source not in TEXT_SOURCES:
+        raise ValueError(f"text_source {text_source!r}: use one of {', '.join(TEXT_SOURCES)}")
+    label = item.get("stored_text")
+    if not label or text_source == "whisper":
+        return None
+    if text_source == "sidecar" and not label.startswith("sidecar"):
+        return None
+    return label, [Word(t, s, e) for t, s, e in item["stored_words"]]
 
 
 def manifest_path(tokens_root: str | Path, shard: tuple[int, int] = (0, 1),
@@ -76,6 +94,8 @@ def config_digest(tokenizer: SpeechTokenizer, models: ModelsConfig, text_source:
     """A short hash of everything that changes the ids of a chunk."""
     spec = {**tokenizer.fingerprint(), "mimi": Path(models.mimi).name,
             "whisper": Path(models.whisper).name, "text_source": text_source}  # fmt: skip
+    if text_source not in TEXT_SOURCES:
+        raise ValueError(f"text_source {text_source!r}: use one of {', '.join(TEXT_SOURCES)}")
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -88,9 +108,10 @@ class ChunkDataset(torch.utils.data.Dataset):
     chunk: its ``status`` says what is wrong."""
 
     def __init__(self, items: list[dict], digest: str, min_duration_s: float,
-                 silence_dbfs: float):  # fmt: skip
+                 silence_dbfs: float, text_source: str = "whisper"):  # fmt: skip
         self.items, self.digest = items, digest
         self.min_duration_s, self.silence_dbfs = min_duration_s, silence_dbfs
+        self.text_source = text_source
 
     def __len__(self) -> int:
         return len(self.items)
@@ -107,7 +128,8 @@ class ChunkDataset(torch.utils.data.Dataset):
             return {**item, "status": "failed", "reason": "empty file (0 bytes)"}
         try:
             wav24 = load_audio(path, MIMI_SAMPLE_RATE_HZ)
-            wav16 = load_audio(path, WHISPER_SAMPLE_RATE_HZ)
+            needs_whisper = stored_words(item, self.text_source) is None
+            wav16 = load_audio(path, WHISPER_SAMPLE_RATE_HZ) if needs_whisper else None
         except AudioDecodeError as err:
             return {**item, "status": "failed", "reason": f"corrupt: {str(err).split(': ', 1)[-1]}"}
         item["duration_s"] = wav24.size / MIMI_SAMPLE_RATE_HZ
@@ -189,8 +211,10 @@ def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | P
     codec = codec or Codec.load(models, cfg.num_codebooks, device)
     if codec.num_codebooks != cfg.num_codebooks:
         codec.set_num_codebooks(cfg.num_codebooks)
-    aligner = aligner or Aligner.load(models, device)
-    dataset = ChunkDataset(todo, digest, cfg.min_duration_s, cfg.silence_dbfs)
+    needs_whisper = any(stored_words(it, cfg.text_source) is None for it in todo)
+    if needs_whisper and aligner is None:  # Whisper is loaded only when some chunk needs it
+        aligner = Aligner.load(models, device)
+    dataset = ChunkDataset(todo, digest, cfg.min_duration_s, cfg.silence_dbfs, cfg.text_source)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=length_batches(todo, cfg.batch_size), num_workers=cfg.workers,
         collate_fn=list, prefetch_factor=2 if cfg.workers else None,
@@ -214,11 +238,15 @@ def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | P
                 for i, b in enumerate(ready):
                     wav[i, 0, : b["wav24"].size] = torch.from_numpy(b["wav24"])
                 codes = codec.encode(wav, padded)
-                words = aligner.align([b["wav16"] for b in ready])
-                for b, c, w in zip(ready, codes, words):
+                texts = [stored_words(b, cfg.text_source) for b in ready]
+                need = [i for i, t in enumerate(texts) if t is None]
+                if need:
+                    for i, words in zip(need, aligner.align([ready[i]["wav16"] for i in need])):
+                        texts[i] = ("whisper", words)
+                for b, c, (source, w) in zip(ready, codes, texts):
                     encoded = tokenizer.encode(c.numpy(), w)
                     rel = _save_tokens(tokens_root, b["hash"], encoded.ids, tokenizer)
-                    writer.write(_record(b, digest, rel, encoded, w, cfg.text_source))
+                    writer.write(_record(b, digest, rel, encoded, w, source))
                     summary.ok += 1
                     summary.audio_s += b["duration_s"]
                     summary.tokens += int(encoded.ids.size)
@@ -241,6 +269,8 @@ def _save_tokens(tokens_root: Path, digest_hash: str, ids: np.ndarray, tokenizer
 
 def _record(item: dict, digest: str, tokens: str | None = None, encoded=None,
             words: list[Word] | None = None, text_source: str | None = None) -> dict:  # fmt: skip
+    """A manifest line; ``text_source`` is what made this chunk's words (whisper,
+    captions:<lang>:<format> or sidecar:<format>)."""
     record = {"chunk": item["chunk"], "video_id": item["video_id"], "hash": item.get("hash"),
               "config": digest, "status": "ok" if tokens else item["status"],
               "reason": item.get("reason"), "duration_s": round(item["duration_s"], 3)}  # fmt: skip

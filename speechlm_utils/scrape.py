@@ -24,10 +24,11 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .audio import WHISPER_SAMPLE_RATE_HZ, ffmpeg_exe, load_audio, probe
+from .captions import CAPTION_EXTENSIONS, parse_file, split_by_chunks
 from .config import ScrapeConfig
 from .manifest import JsonlWriter, read_jsonl, take_shard, write_json_atomic
 
@@ -99,15 +100,22 @@ def download_audio(url: str, workdir: Path, cfg: ScrapeConfig) -> Path:
         opts["ratelimit"] = cfg.rate_limit_bps
     if cfg.proxy:
         opts["proxy"] = cfg.proxy
+    if cfg.captions:
+        opts.update({"writesubtitles": True, "writeautomaticsub": True,
+                     "subtitleslangs": list(cfg.caption_langs),
+                     "subtitlesformat": "json3/vtt/srt/best"})  # fmt: skip
     try:
         with yt_dlp.YoutubeDL(opts) as ydl:
             info = ydl.extract_info(url, download=True)
     except yt_dlp.utils.DownloadError as err:
+        if cfg.captions and "subtitle" in str(err).lower():  # captions are optional
+            return download_audio(url, workdir, replace(cfg, captions=False))
         raise ScrapeError(_short(str(err))) from err
     if info is None:
         raise ScrapeError("yt-dlp returned nothing")
     files = [Path(d["filepath"]) for d in info.get("requested_downloads", []) if d.get("filepath")]
-    files = [f for f in files if f.exists()] or sorted(workdir.glob("download.*"))
+    files = [f for f in files if f.exists()] or [
+        f for f in sorted(workdir.glob("download.*")) if f.suffix not in CAPTION_EXTENSIONS]
     if not files:
         raise ScrapeError("download produced no file")
     return files[0]
@@ -230,6 +238,7 @@ def _download_and_cut(entry, final: Path, tmp: Path, cfg, speech) -> dict:
     if info["duration_s"] and got_s < info["duration_s"] - max(2.0, 0.02 * info["duration_s"]):
         raise ScrapeError(f"truncated: {got_s:.1f} s of {info['duration_s']:.1f} s readable")
     src.unlink()  # the download is not kept
+    text = _attach_timed_text(entry["url"], tmp / "dl", tmp / "chunks", chunks, got_s, cfg)
     dropped = 0
     if speech is not None:
         kept = []
@@ -243,14 +252,79 @@ def _download_and_cut(entry, final: Path, tmp: Path, cfg, speech) -> dict:
         chunks = kept
     meta = {"id": final.name, "codec": info["codec"], "chunk_s": cfg.chunk_s,
             "duration_s": round(got_s, 3), "source_bytes": size, "dropped_low_speech": dropped,
-            "chunks": chunks}  # fmt: skip
+            "text_source": text, "chunks": chunks}  # fmt: skip
     write_json_atomic(tmp / "chunks" / "chunks.json", meta)
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():  # a crash after the rename but before the manifest line: redo it
         shutil.rmtree(final)
     (tmp / "chunks").rename(final)
     return {"n_chunks": len(chunks), "duration_s": meta["duration_s"], "bytes": size,
-            "codec": info["codec"], "dropped_low_speech": dropped}  # fmt: skip
+            "codec": info["codec"], "dropped_low_speech": dropped, "text_source": text}  # fmt: skip
+
+
+def _find_timed_text(url: str, dl_dir: Path, cfg: ScrapeConfig) -> tuple[str, Path] | None:
+    """Captions yt-dlp wrote (preferred language and format first), else a sidecar transcript
+    beside non-YouTube media. Returns (source label, file) or None."""
+    from .index import youtube_id
+
+    rank = {".json3": 0, ".vtt": 1, ".srt": 2}
+    found = []
+    for path in dl_dir.glob("download.*.*"):
+        lang = path.suffixes[-2].lstrip(".") if len(path.suffixes) >= 2 else ""
+        if path.suffix in rank and lang in cfg.caption_langs:
+            found.append((cfg.caption_langs.index(lang), rank[path.suffix], path, lang))
+    if found:
+        _, _, path, lang = min(found)
+        return f"captions:{lang}:{path.suffix.lstrip('.')}", path
+    if not cfg.sidecar or youtube_id(url):
+        return None
+    for ext in (".json", ".vtt", ".srt"):
+        target = dl_dir / f"sidecar{ext}"
+        if _fetch_sidecar(url, ext, target):
+            return f"sidecar:{ext.lstrip('.')}", target
+    return None
+
+
+def _fetch_sidecar(url: str, ext: str, target: Path) -> bool:
+    """Copy ``<media stem><ext>`` from beside the media (file:// or http) to ``target``."""
+    from urllib.parse import unquote, urlparse
+
+    import requests
+
+    parsed = urlparse(url)
+    path = str(Path(unquote(parsed.path)).with_suffix(ext))
+    try:
+        if parsed.scheme == "file":
+            if not Path(path).is_file():
+                return False
+            shutil.copyfile(path, target)
+        elif parsed.scheme in ("http", "https"):
+            response = requests.get(parsed._replace(path=path, query="").geturl(), timeout=10)
+            if response.status_code != 200 or not response.content:
+                return False
+            target.write_bytes(response.content)
+        else:
+            return False
+        return bool(parse_file(target))  # only keep what parses into words
+    except (OSError, ValueError, requests.RequestException):
+        target.unlink(missing_ok=True)
+        return False
+
+
+def _attach_timed_text(url: str, dl_dir: Path, chunk_dir_tmp: Path, chunks: list[dict],
+                       duration_s: float, cfg: ScrapeConfig) -> str | None:  # fmt: skip
+    """Split captions or a sidecar transcript at the chunks' real starts; store each chunk's
+    words (times relative to it) in its entry, and keep the raw file beside the chunks."""
+    found = _find_timed_text(url, dl_dir, cfg)
+    if found is None:
+        return None
+    source, path = found
+    words = parse_file(path)
+    per_chunk = split_by_chunks(words, [c["start_s"] for c in chunks], duration_s)
+    for chunk, chunk_words in zip(chunks, per_chunk):
+        chunk["words"] = [[w.text, w.start_s, w.end_s] for w in chunk_words]
+    shutil.copyfile(path, chunk_dir_tmp / f"{source.split(':')[0]}{path.suffix}")
+    return source
 
 
 @dataclass
