@@ -292,3 +292,16 @@ def load_tokens(tokens_root: str | Path, record: dict) -> np.ndarray:
 def words_of(record: dict) -> list[Word]:
     """The timed words stored in a manifest record."""
     return [Word(t, s, e, p) for t, s, e, p in record.get("words", [])]
+
+
+def ensure_tokens(cfg: TokenizeConfig, models: ModelsConfig) -> Path:
+    """``<data>/tokens``, tokenized here first if it holds nothing (tiny profile: from the demo
+    podcast, itself scraped first if needed), so later notebooks run on their own."""
+    from .scrape import ensure_chunks
+
+    tokens_root = cfg.data_dir / "tokens"
+    if any(r.get("status") == "ok" for r in read_token_manifests(tokens_root)):
+        return tokens_root
+    chunks = ensure_chunks(cfg.data_dir, cfg.profile)
+    run_tokenize(cfg, models, chunks, tokens_root, progress=False)
+    return tokens_root

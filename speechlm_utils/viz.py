@@ -135,3 +135,272 @@ def plot_token_stats(records: list[dict]):
     ax_lag.set_title("how late text had to go when slots were full")
     fig.tight_layout()
     return fig
+
+
+# -- stage 04: seeing the alignment -------------------------------------------------------------
+
+
+def plot_words(wav, sample_rate_hz: int, words: list, title: str = ""):
+    """Waveform and spectrogram of a chunk, each word a shaded span at its times (labelled)."""
+    import numpy as np
+
+    t = np.arange(wav.size) / sample_rate_hz
+    fig, (ax_wav, ax_spec) = plt.subplots(2, 1, figsize=(14, 4.6), sharex=True)
+    ax_wav.plot(t, wav, lw=0.4, color="black")
+    ax_wav.set_ylabel("amplitude")
+    with np.errstate(divide="ignore"):  # silent stretches have zero power
+        ax_spec.specgram(wav, Fs=sample_rate_hz, NFFT=512, noverlap=384, cmap="magma")
+    ax_spec.set_ylabel("Hz")
+    ax_spec.set_xlabel("time in chunk (s)")
+    for i, w in enumerate(words):
+        color = "tab:cyan" if i % 2 else "tab:olive"
+        ax_wav.axvspan(w.start_s, max(w.end_s, w.start_s + 0.02), color=color, alpha=0.35)
+        ax_spec.axvline(w.start_s, color="white", lw=0.6, alpha=0.7)
+        ax_wav.text(w.start_s, ax_wav.get_ylim()[1] * (0.9 - 0.25 * (i % 3)), w.text.strip(),
+                    fontsize=7, clip_on=True)  # fmt: skip
+    ax_wav.set_title(title or f"{len(words)} words")
+    ax_wav.set_xlim(0, t[-1] if t.size else 1)
+    fig.tight_layout()
+    return fig
+
+
+def plot_token_timeline(tokenizer, ids, words: list | None = None, start_s: float = 0.0,
+                        end_s: float = 8.0, text_source: str = ""):  # fmt: skip
+    """The token stream on a time axis: text slots with their pieces (TEXT_PAD greyed), the Mimi
+    codes per codebook as a heat map, the words at their sound, and arrows for the text lead."""
+
+    lay = tokenizer.layout
+    S, gdur = lay.text_slots_per_group, lay.group_duration_s
+    text, codes = tokenizer.decode(ids)
+    pieces = tokenizer.text_pieces(ids)
+    fig, (ax_text, ax_codes, ax_words) = plt.subplots(
+        3, 1, figsize=(14, 5.2), sharex=True, gridspec_kw={"height_ratios": [1.2, 1.6, 0.9]})
+    for slot, piece in enumerate(pieces):
+        t0 = (slot // S) * gdur + (slot % S) * gdur / S
+        if not start_s - gdur <= t0 <= end_s:
+            continue
+        face = "lightgrey" if piece is None else "tab:blue"
+        ax_text.add_patch(plt.Rectangle((t0, 0), gdur / S * 0.95, 1, color=face, alpha=0.8))
+        if piece is not None:
+            ax_text.text(t0 + gdur / S / 2, 0.5, piece.replace("▁", "␣"), rotation=90,
+                         ha="center", va="center", fontsize=7, color="white")  # fmt: skip
+    ax_text.set_ylim(0, 1)
+    ax_text.set_yticks([])
+    ax_text.set_title(f"text slots ({S} per {gdur * 1000:.0f} ms; grey = TEXT_PAD)"
+                      + (f", text from {text_source}" if text_source else ""))
+    frame_s = 1 / lay.frame_rate_hz
+    ax_codes.imshow(codes, aspect="auto", cmap="viridis", interpolation="nearest",
+                    extent=(0, codes.shape[1] * frame_s, codes.shape[0] - 0.5, -0.5))
+    ax_codes.set_yticks(range(codes.shape[0]),
+                        ["cb0 (sem)"] + [f"cb{k}" for k in range(1, codes.shape[0])])
+    ax_codes.set_title("Mimi codes per codebook (colour = code id)")
+    for w in words or []:
+        if start_s <= w.start_s <= end_s:
+            ax_words.axvspan(w.start_s, max(w.end_s, w.start_s + 0.03), color="tab:orange",
+                             alpha=0.4)  # fmt: skip
+            ax_words.text(w.start_s, 0.5, w.text.strip(), fontsize=7, rotation=90, va="center")
+    ax_words.set_yticks([])
+    ax_words.set_title("words at their sound")
+    ax_words.set_xlabel("time (s)")
+    lead = getattr(tokenizer, "text_lead_s", 0.0)
+    if words:  # one arrow: from a word's sound back to the slot its first text token took
+        placed = tokenizer.encode(codes[:, : codes.shape[1] // lay.frames_per_group
+                                        * lay.frames_per_group], words).placements
+        first = {}
+        for p in placed:
+            first.setdefault(p["word"], p)
+        shown = [(w, first[i]) for i, w in enumerate(words)
+                 if i in first and start_s + lead <= w.start_s <= end_s]
+        shown = [x for x in shown if x[1]["lag_s"] == 0] or shown
+        if shown:
+            w, p = shown[0]
+            slot_t = (p["slot"] // S) * gdur + (p["slot"] % S) * gdur / S + gdur / S / 2
+            fig.add_artist(plt.matplotlib.patches.ConnectionPatch(
+                xyA=(w.start_s, 1.0), coordsA=ax_words.transData, xyB=(slot_t, 0.0),
+                coordsB=ax_text.transData, arrowstyle="->", color="tab:red", lw=1.5))  # fmt: skip
+            ax_words.annotate(f"its text, {w.start_s - slot_t + gdur / S / 2:.1f} s ahead",
+                              (w.start_s, 0.15), color="tab:red", fontsize=8)  # fmt: skip
+    ax_words.set_xlim(start_s, end_s)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention(amap, truth: list | None = None, title: str = ""):
+    """Whisper's cross-attention (text tokens x audio frames), its DTW path, and, when given,
+    the true word times as boxes over the tokens of each word."""
+    fig, ax = plt.subplots(figsize=(12, max(3, 0.18 * len(amap.tokens) + 1)))
+    fps = amap.frames_per_s
+    if amap.matrix.size:
+        ax.imshow(amap.matrix, aspect="auto", cmap="Blues", origin="upper",
+                  extent=(0, amap.matrix.shape[1] / fps, amap.matrix.shape[0] - 0.5, -0.5))
+        text_idx, time_idx = amap.path
+        ax.plot(time_idx / fps, text_idx, color="tab:red", lw=1.2, label="DTW path (model)")
+    if truth:  # with forced text, the map's words are the true words, in order
+        for w, (row, n) in zip(truth, amap.rows):
+            ax.add_patch(plt.Rectangle((w.start_s, row - 0.5), w.end_s - w.start_s, n,
+                                       fill=False, edgecolor="tab:green", lw=1.0))  # fmt: skip
+        ax.plot([], [], color="tab:green", label="true word times")
+    ax.set_yticks(range(len(amap.tokens)), [t.strip() or "·" for t in amap.tokens], fontsize=6)
+    ax.set_xlabel("audio time (s)")
+    ax.set_title(title or "cross-attention of the alignment heads, and the DTW path")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_start_errors(report: dict, title: str = "word start error"):
+    """Histogram of predicted - true word starts (ms), with the median and 90th percentile."""
+    fig, ax = plt.subplots(figsize=(7, 3))
+    errors = report["errors_ms"]
+    if errors.size:
+        ax.hist(errors, bins=30, color="tab:purple")
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_title(f"{title}: median |err| {report['median_abs_ms']:.0f} ms, "
+                     f"p90 {report['p90_abs_ms']:.0f} ms ({report['matched']}/"
+                     f"{report['n_truth']} words matched)")  # fmt: skip
+    else:
+        ax.set_title(f"{title}: no word matched ({report['n_truth']} true words)")
+    ax.set_xlabel("predicted start - true start (ms)")
+    ax.set_ylabel("words")
+    fig.tight_layout()
+    return fig
+
+
+def code_usage(tokenizer, id_arrays) -> list[dict]:
+    """Per codebook: how many of its codes occur, and the entropy of their distribution (bits)."""
+    import numpy as np
+
+    lay = tokenizer.layout
+    counts = np.zeros((lay.num_codebooks, lay.codebook_size), dtype=np.int64)
+    for ids in id_arrays:
+        codes = tokenizer.decode(ids)[1]
+        for k in range(lay.num_codebooks):
+            counts[k] += np.bincount(codes[k], minlength=lay.codebook_size)
+    out = []
+    for k in range(lay.num_codebooks):
+        p = counts[k] / max(1, counts[k].sum())
+        nz = p[p > 0]
+        out.append({"codebook": k, "used": int((counts[k] > 0).sum()),
+                    "entropy_bits": float(-(nz * np.log2(nz)).sum())})  # fmt: skip
+    return out
+
+
+def plot_dataset_stats(records: list[dict], usage: list[dict]):
+    """Over the tokenized chunks: words per second, largest spill lag, pad share, and code use
+    per codebook (codes used of 2048, entropy in bits; 11 bits = uniform)."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
+    axes[0].hist([r["n_words"] / r["duration_s"] for r in ok], bins=15, color="tab:blue")
+    axes[0].set_xlabel("words per second")
+    axes[0].set_ylabel("chunks")
+    axes[1].hist([r["max_lag_s"] for r in ok], bins=15, color="tab:red")
+    axes[1].set_xlabel("largest spill lag (s)")
+    axes[2].hist([r["pad_share"] for r in ok], bins=15, range=(0, 1), color="tab:gray")
+    axes[2].set_xlabel("TEXT_PAD share of text slots")
+    axes[3].bar([f"cb{u['codebook']}" for u in usage], [u["used"] for u in usage],
+                color="tab:green")  # fmt: skip
+    for i, u in enumerate(usage):
+        axes[3].text(i, u["used"], f"{u['entropy_bits']:.1f} b", ha="center", va="bottom",
+                     fontsize=8)  # fmt: skip
+    axes[3].set_ylabel("codes used (of 2048)")
+    axes[3].set_title("code usage, entropy in bits")
+    fig.suptitle(f"{len(ok)} tokenized chunks")
+    fig.tight_layout()
+    return fig
+
+
+class AlignmentExplorer:
+    """A chunk dropdown and a time slider that steps group by group: highlights the group on the
+    waveform, lists its text slots and codes and the words sounding in it, and plays the
+    original audio of the span. ``.widget`` is the ipywidgets box to display."""
+
+    def __init__(self, tokenizer, records: list[dict], tokens_root, chunks_root,
+                 listen_s: float = 2.0):  # fmt: skip
+        import ipywidgets as widgets
+
+        from .preprocess import load_tokens, words_of
+
+        self._load_tokens, self._words_of = load_tokens, words_of
+        self.tokenizer, self.tokens_root, self.chunks_root = tokenizer, tokens_root, chunks_root
+        self.records = [r for r in records if r.get("status") == "ok"]
+        self.listen_s = listen_s
+        gdur = tokenizer.layout.group_duration_s
+        options = [(r["chunk"], i) for i, r in enumerate(self.records)]
+        self.chunk = widgets.Dropdown(options=options, description="chunk",
+                                      layout={"width": "60%"})  # fmt: skip
+        self.time = widgets.FloatSlider(min=0.0, max=1.0, step=gdur, description="time (s)",
+                                        continuous_update=False, layout={"width": "60%"})
+        self.info = widgets.HTML()
+        self.plot = widgets.Output()
+        self.audio = widgets.Output()
+        self.chunk.observe(lambda change: self.select(change["new"]), names="value")
+        self.time.observe(lambda change: self.show(change["new"]), names="value")
+        self.widget = widgets.VBox([self.chunk, self.time, self.plot, self.info, self.audio])
+        if self.records:
+            self.select(0)
+
+    def select(self, index: int) -> None:
+        """Load chunk ``index`` (the dropdown's callback) and show the group at the slider."""
+        from pathlib import Path
+
+        from .audio import MIMI_SAMPLE_RATE_HZ, load_audio
+
+        record = self.records[index]
+        self.ids = self._load_tokens(self.tokens_root, record)
+        self.words = self._words_of(record)
+        self.wav = load_audio(Path(self.chunks_root) / record["chunk"], MIMI_SAMPLE_RATE_HZ)
+        self.text_source = record.get("text_source", "")
+        n_groups = self.ids.size // self.tokenizer.layout.group_len
+        self.time.max = max(0.0, (n_groups - 1) * self.tokenizer.layout.group_duration_s)
+        self.show(min(self.time.value, self.time.max))
+
+    def group_at(self, time_s: float) -> dict:
+        """The group sounding at ``time_s``: its index, span, text pieces, codes and words."""
+        lay = self.tokenizer.layout
+        g = min(int(time_s / lay.group_duration_s + 1e-6), self.ids.size // lay.group_len - 1)
+        group_ids = self.ids[g * lay.group_len : (g + 1) * lay.group_len]
+        t0 = g * lay.group_duration_s
+        t1 = t0 + lay.group_duration_s
+        return {"group": g, "start_s": t0, "end_s": t1,
+                "text": self.tokenizer.text_pieces(group_ids),
+                "codes": self.tokenizer.decode(group_ids)[1],
+                "words": [w.text.strip() for w in self.words if t0 <= w.start_s < t1]}  # fmt: skip
+
+    def show(self, time_s: float) -> None:
+        """Redraw everything for the group at ``time_s`` (the slider's callback)."""
+        import io
+        from html import escape
+
+        from IPython.display import Audio, Image
+
+        from .audio import MIMI_SAMPLE_RATE_HZ
+
+        info = self.group_at(time_s)
+        slots = " ".join("<span style='color:#999'>PAD</span>" if p is None
+                         else f"<b>{escape(p.replace('▁', '␣'))}</b>" for p in info["text"])
+        codes = "<br>".join(f"cb{k}: {' '.join(f'{c:4d}' for c in row)}"
+                            for k, row in enumerate(info["codes"]))  # fmt: skip
+        self.info.value = (
+            f"<p>group {info['group']}: {info['start_s']:.1f}-{info['end_s']:.1f} s &nbsp; "
+            f"text slots: {slots} &nbsp; (text from {escape(self.text_source or '?')})</p>"
+            f"<p>words sounding now: <i>{escape(' '.join(info['words']) or '-')}</i></p>"
+            f"<pre style='font-size:11px'>{codes}</pre>")  # fmt: skip
+        fig, ax = plt.subplots(figsize=(12, 1.6))
+        t = [i / MIMI_SAMPLE_RATE_HZ for i in range(0, self.wav.size, 40)]
+        ax.plot(t, self.wav[::40], lw=0.4, color="black")
+        ax.axvspan(info["start_s"], info["end_s"], color="tab:red", alpha=0.3)
+        for w in self.words:
+            ax.axvline(w.start_s, color="tab:orange", lw=0.5)
+        ax.set_yticks([])
+        ax.set_xlim(0, self.wav.size / MIMI_SAMPLE_RATE_HZ)
+        fig.tight_layout()
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=80)
+        plt.close(fig)
+        a = int(info["start_s"] * MIMI_SAMPLE_RATE_HZ)
+        b = min(self.wav.size, a + int(self.listen_s * MIMI_SAMPLE_RATE_HZ))
+        # replace the outputs in place (works in any front end, and with no kernel in tests)
+        self.plot.outputs = ()
+        self.plot.append_display_data(Image(data=png.getvalue(), format="png"))
+        self.audio.outputs = ()
+        self.audio.append_display_data(Audio(self.wav[a:b], rate=MIMI_SAMPLE_RATE_HZ))
