@@ -116,6 +116,29 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     print(f"tokens: {out}   manifest: {manifest_path(out, shard, (rank, world))}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    """Stage 05: finetune the LM on the token stream (torchrun for several GPUs)."""
+    from .train import Trainer, make_sample_fn
+
+    overrides = {k: v for k, v in {
+        "lora_r": args.lora_r, "keep_every": args.keep_every, "max_steps": args.max_steps,
+        "seq_len": args.seq_len, "batch_size": args.batch_size, "lr": args.lr,
+        "wandb_mode": args.wandb, "fsdp": args.fsdp or None,
+        "loss_weights": tuple(float(x) for x in args.loss_weights.split(","))
+        if args.loss_weights else None}.items() if v is not None}  # fmt: skip
+    if args.keep_every:
+        overrides.setdefault("lora_r", None)  # pruning alone trains the kept layers
+    cfg = config.TrainConfig.from_profile(args.profile, **_data_dir(args), **overrides)
+    models = config.ModelsConfig.from_profile(args.profile, **_data_dir(args))
+    tokens = args.tokens or cfg.data_dir / "tokens"
+    run = args.run or cfg.data_dir / "runs" / "default"
+    trainer = Trainer(cfg, models, tokens, run)
+    result = trainer.fit(resume=args.resume, sample_fn=make_sample_fn(models))
+    if trainer.rank == 0:
+        print(f"{result.steps} steps; loss {result.last('loss')}, val {result.last('val_loss')}")
+        print(f"run: {run}")
+
+
 def _data_dir(args: argparse.Namespace) -> dict:
     return {"data_dir": args.data_dir} if getattr(args, "data_dir", None) else {}
 
@@ -169,6 +192,23 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--text-source", choices=["whisper", "captions", "sidecar"])
     tk.add_argument("--shard", help="i/n of the videos; under torchrun split again per rank")
     tk.set_defaults(func=cmd_tokenize)
+
+    tr = sub.add_parser("train", help=cmd_train.__doc__)
+    tr.add_argument("--tokens", type=Path, help="token root (default data/tokens)")
+    tr.add_argument("--run-dir", "--run", dest="run", type=Path,
+                    help="run dir (default data/runs/default); under torchrun spell it --run-dir")
+    fit = tr.add_mutually_exclusive_group()
+    fit.add_argument("--lora-r", type=int, help="LoRA rank")
+    fit.add_argument("--keep-every", type=int, help="prune: keep every n-th layer")
+    tr.add_argument("--max-steps", type=int)
+    tr.add_argument("--seq-len", type=int)
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--loss-weights", help="text,pad,semantic,acoustic e.g. 1,0.1,1,0.5")
+    tr.add_argument("--wandb", choices=["online", "offline", "disabled"])
+    tr.add_argument("--fsdp", action="store_true", help="shard the model under torchrun")
+    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    tr.set_defaults(func=cmd_train)
 
     nb = sub.add_parser("notebooks", help=cmd_notebooks.__doc__)
     nb.add_argument("--dir", type=Path, default=Path("notebooks"))

@@ -231,25 +231,48 @@ class TokenizeConfig(StageConfig):
 class TrainConfig(StageConfig):
     """Stage 05: finetuning the LM on the token stream."""
 
-    seq_len: int = 4096  # tokens per window (about 74 s at 55 tokens/s)
-    batch_size: int = 8
-    grad_accum: int = 4
-    lr: float = 1e-4
+    seq_len: int = 4092  # tokens per window, a multiple of the group (186 groups = 74.4 s)
+    batch_size: int = 4  # windows per micro-batch (per GPU)
+    grad_accum: int = 8  # micro-batches per optimizer step
+    lr: float = 1e-4  # peak learning rate (LoRA); ~2e-5 for full finetuning
+    weight_decay: float = 0.1  # on matrices only
     warmup_steps: int = 100
     max_steps: int = 10_000
-    lora_r: int | None = 64  # LoRA rank, or None for full finetuning of the kept layers
+    clip_norm: float = 1.0
+    lora_r: int | None = 64  # LoRA rank, or None to train every kept weight
     keep_every: int | None = None  # layer pruning: keep every n-th layer
-    loss_weights: tuple[float, float, float, float] = (1.0, 0.1, 1.0, 0.5)  # text, pad, sem, ac
+    keep_layers: tuple[int, ...] | None = None  # or exactly these layers
+    loss_weights: tuple[float, float, float, float] = (1.0, 0.1, 1.0, 0.5)  # text pad sem ac
+    grad_checkpointing: bool = True  # recompute activations in backward: fits 4k x 7B
+    compile: bool = False  # torch.compile the model
+    fsdp: bool = False  # under torchrun: shard the model (full 7B) instead of DDP
+    val_fraction: float = 0.05  # of the videos, held out whole
+    train_chunks: int | None = None  # train on the first N chunks only (overfit on purpose)
+    eval_every: int = 200
+    eval_batches: int = 20
+    save_every: int = 500
+    keep_last: int = 3  # checkpoints kept
+    sample_every: int = 1000  # audio sample to W&B; 0: never
+    wandb_mode: str = "online"  # online | offline | disabled
+    wandb_project: str = "speechlm"
     seed: int = 0
 
     _tiny: ClassVar[dict] = {
-        "seq_len": 220,
+        "seq_len": 440,  # 20 groups = 8 s
         "batch_size": 4,
         "grad_accum": 1,
-        "lr": 3e-3,
+        "lr": 1e-2,
         "warmup_steps": 10,
-        "max_steps": 300,
+        "max_steps": 150,
+        "train_chunks": 2,  # memorise two demo chunks, so chat can show it learned
         "lora_r": None,
+        "grad_checkpointing": False,
+        "val_fraction": 0.34,  # one of the three demo episodes
+        "eval_every": 25,
+        "eval_batches": 4,
+        "save_every": 50,
+        "sample_every": 0,
+        "wandb_mode": "offline",  # no account needed
     }
 
 

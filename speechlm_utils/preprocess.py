@@ -32,7 +32,7 @@ from .audio import (
 )
 from .codec import Codec
 from .config import ModelsConfig, TokenizeConfig
-from .manifest import JsonlWriter, atomic_path, in_shard, read_jsonl
+from .manifest import JsonlWriter, atomic_path, in_shard, read_jsonl, write_json_atomic
 from .scrape import read_chunk_listings
 from .tokenizer import SpeechTokenizer
 
@@ -203,6 +203,9 @@ def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | P
     digest = config_digest(tokenizer, models, cfg.text_source)
     items = [it for it in list_chunk_items(chunks_root) if in_shard(it["video_id"], shard, rank)]
     manifest = manifest_path(tokens_root, shard, rank)
+    spec_file = tokens_root / "configs" / f"{digest}.json"
+    if not spec_file.exists():  # what training needs to rebuild this layout
+        write_json_atomic(spec_file, {**tokenizer.fingerprint(), "text_source": cfg.text_source})
     done = {r["chunk"] for r in read_jsonl(manifest) if r.get("config") == digest}
     todo = [it for it in items if it["chunk"] not in done]
     summary = TokenizeSummary(chunks_total=len(items), done_before=len(items) - len(todo))
@@ -273,7 +276,8 @@ def _record(item: dict, digest: str, tokens: str | None = None, encoded=None,
     captions:<lang>:<format> or sidecar:<format>)."""
     record = {"chunk": item["chunk"], "video_id": item["video_id"], "hash": item.get("hash"),
               "config": digest, "status": "ok" if tokens else item["status"],
-              "reason": item.get("reason"), "duration_s": round(item["duration_s"], 3)}  # fmt: skip
+              "reason": item.get("reason"), "duration_s": round(item["duration_s"], 3),
+              "start_s": item.get("start_s")}  # fmt: skip
     if tokens:
         record.update({
             "tokens": tokens, "n_tokens": int(encoded.ids.size), "text_source": text_source,

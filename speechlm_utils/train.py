@@ -1,0 +1,546 @@
+"""Stage 05: our own training loop over MistralForCausalLM (no HF Trainer).
+
+- Weights: trainable parameters stay fp32 (the master copy AdamW updates); frozen ones (the
+  base under LoRA) are cast to bf16 on GPUs; the forward runs under bf16 autocast on GPUs and
+  in fp32 on CPUs.
+- Loss: per target token, the cross-entropy over the ids allowed at its position (the same set
+  constrained decoding samples from), weighted by its kind: text, TEXT_PAD, semantic codebook
+  0, acoustic codebooks 1..K-1. The mean over weights is minimised; each kind's loss is logged.
+- Schedule: linear warmup, then cosine to 10 % of the peak; gradient accumulation; clipping;
+  gradient checkpointing really enabled (``model.is_gradient_checkpointing`` is checked);
+  ``torch.compile`` optional.
+- Checkpoints every N steps, written to a temp dir and renamed: trainable weights, optimizer,
+  scheduler, RNG states and the data position, so ``resume`` continues the same run (bit for
+  bit on CPU). The last k are kept. ``final/`` holds the model to load for chat.
+- Logging: ``metrics.jsonl`` in the run dir, and W&B (offline by default in the tiny profile);
+  every N steps an audio sample continues a validation chunk (prompt, beep, continuation).
+- Several GPUs: ``torchrun`` runs DDP (``fsdp=True`` shards the model for 7B); on CPU with the
+  gloo backend for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ModelsConfig, TrainConfig, distributed_env, pick_device
+from .data import IGNORE, load_splits
+from .manifest import JsonlWriter, read_jsonl, write_json_atomic
+from .tokenizer import TEXT_KIND, SpeechTokenizer, TokenLayout
+
+LOSS_KINDS = ("text", "pad", "semantic", "acoustic")
+
+
+# -- the loss ---------------------------------------------------------------------------------
+
+
+def loss_classes(layout: TokenLayout, ids: torch.Tensor) -> torch.Tensor:
+    """Class of each token of ``ids[B, L]`` (window starts at a group boundary): 0 text,
+    1 TEXT_PAD, 2 semantic (codebook 0), 3 acoustic (codebooks 1..K-1)."""
+    kinds = torch.from_numpy(layout.kinds(ids.shape[-1])).to(ids.device)
+    classes = torch.where(kinds == 1, 2, torch.where(kinds > 1, 3, 0)).expand_as(ids).clone()
+    classes[(kinds == TEXT_KIND).expand_as(ids) & (ids == layout.text_pad_id)] = 1
+    return classes
+
+
+def output_weight(lm) -> torch.Tensor:
+    """The LM head's effective ``[V, H]`` weight (with peft's trained new rows merged in)."""
+    head = lm.get_output_embeddings()
+    adapter = getattr(head, "token_adapter", None)
+    if adapter is not None and not adapter.disable_adapters and adapter.active_adapters:
+        return adapter.get_merged_weights(adapter.active_adapters)
+    return head.weight
+
+
+def core_model(lm):
+    """The decoder stack (``MistralModel``) of a plain or peft-wrapped model."""
+    inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return inner.model
+
+
+def weighted_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                  layout: TokenLayout, weights) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted cross-entropy of the next token, from the decoder's ``hidden[B, L, H]``.
+
+    Each target's softmax runs over its position's allowed ids only (text ids + TEXT_PAD in a
+    text slot, one codebook's 2048 ids in an audio slot), so the output layer is evaluated on
+    those rows only: ~8x less compute and memory than full logits for the default layout.
+    Returns the loss and ``[4, 2]`` (summed CE, count) per class for logging (detached).
+    """
+    targets = labels[:, 1:]
+    kinds = layout.kinds(labels.shape[1])[1:]
+    ce = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
+    for kind in np.unique(kinds):
+        cols = torch.from_numpy(np.flatnonzero(kinds == kind)).to(hidden.device)
+        lo, hi = layout.id_range(int(kind))
+        rows = weight[lo:hi]
+        tgt = targets[:, cols]
+        if kind == TEXT_KIND:  # text ids and TEXT_PAD
+            rows = torch.cat([rows, weight[layout.text_pad_id : layout.text_pad_id + 1]])
+            local = torch.where(tgt == layout.text_pad_id, hi - lo, tgt - lo)
+        else:
+            local = tgt - lo
+        logits = (hidden[:, cols] @ rows.T.to(hidden.dtype)).float()  # [B, n, allowed]
+        valid = tgt != IGNORE
+        local = torch.where(valid, local, 0)
+        picked = logits.gather(-1, local.unsqueeze(-1)).squeeze(-1)
+        ce[:, cols] = torch.where(valid, torch.logsumexp(logits, -1) - picked, 0.0)
+    classes = loss_classes(layout, labels)[:, 1:]
+    valid = targets != IGNORE
+    w = torch.tensor(weights, dtype=torch.float32, device=hidden.device)[classes] * valid
+    loss = (w * ce).sum() / w.sum().clamp(min=1e-8)
+    parts = torch.stack([torch.stack([ce[(classes == c) & valid].sum(),
+                                      ((classes == c) & valid).sum().float()])
+                         for c in range(len(LOSS_KINDS))]).detach()  # fmt: skip
+    return loss, parts
+
+
+class SpeechLMObjective(torch.nn.Module):
+    """The model plus its loss in one module, so DDP/FSDP see a single forward."""
+
+    def __init__(self, lm, layout: TokenLayout, weights):
+        super().__init__()
+        self.lm, self.layout, self.weights = lm, layout, tuple(weights)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor):
+        hidden = core_model(self.lm)(input_ids=input_ids, use_cache=False).last_hidden_state
+        return weighted_loss(hidden, output_weight(self.lm), labels, self.layout, self.weights)
+
+
+def lr_factor(step: int, warmup_steps: int, max_steps: int, floor: float = 0.1) -> float:
+    """Linear warmup to 1, then cosine down to ``floor``."""
+    if step < warmup_steps:
+        return (step + 1) / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    history: list[dict] = field(default_factory=list)  # the metrics lines of this call
+
+    def last(self, key: str):
+        values = [h[key] for h in self.history if key in h]
+        return values[-1] if values else None
+
+
+def layout_of_tokens(tokens_root: Path, text_tokenizer) -> SpeechTokenizer:
+    """The tokenizer the token files were made with (the most common config among them)."""
+    from collections import Counter
+
+    from .preprocess import read_token_manifests
+
+    configs = Counter(r["config"] for r in read_token_manifests(tokens_root)
+                      if r.get("status") == "ok")  # fmt: skip
+    if not configs:
+        raise FileNotFoundError(f"no tokenized chunks under {tokens_root}: run `tokenize` first")
+    digest = configs.most_common(1)[0][0]
+    spec = json.loads((Path(tokens_root) / "configs" / f"{digest}.json").read_text())
+    return SpeechTokenizer(text_tokenizer, spec["num_codebooks"], spec["frames_per_group"],
+                           spec["text_slots_per_group"], spec["text_lead_s"])  # fmt: skip
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _trainable_state(model) -> dict:
+    """Trainable parameters by their name in the language model (not the wrappers)."""
+    return {n: p.detach().cpu().clone() for n, p in _language_model(model).named_parameters()
+            if p.requires_grad}  # fmt: skip
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _language_model(model):
+    inner = getattr(model, "_orig_mod", model)  # torch.compile
+    inner = _unwrap(inner)
+    return inner.lm if isinstance(inner, SpeechLMObjective) else inner
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    done = sorted(p for p in (Path(run_dir) / "checkpoints").glob("step-*") if
+                  (p / "trainer.pt").exists())  # fmt: skip
+    return done[-1] if done else None
+
+
+class Trainer:
+    """One training run in ``run_dir`` (see the module doc). Use `fit`."""
+
+    def __init__(self, cfg: TrainConfig, models: ModelsConfig, tokens_root: str | Path,
+                 run_dir: str | Path, device: str | None = None):  # fmt: skip
+        from .checkpoints import load_text_tokenizer
+        from .model import build_speech_lm, count_parameters
+
+        self.cfg, self.models = cfg, models
+        self.tokens_root, self.run_dir = Path(tokens_root), Path(run_dir)
+        self.rank, self.world, local_rank = distributed_env()
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend)
+        if device is None:
+            device = f"cuda:{local_rank}" if pick_device() == "cuda" else pick_device()
+        self.device = device
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+        self.tokenizer = layout_of_tokens(self.tokens_root, load_text_tokenizer(models))
+        self.layout = self.tokenizer.layout
+        seq_len = cfg.seq_len // self.layout.group_len * self.layout.group_len
+        self.splits = load_splits(self.tokens_root, self.layout, seq_len, cfg.val_fraction,
+                                  cfg.seed, cfg.train_chunks)  # fmt: skip
+        if len(self.splits.train) == 0:
+            raise ValueError("no training windows: tokenize more audio or lower seq_len")
+        torch.manual_seed(cfg.seed)
+        model = build_speech_lm(models, self.layout, cfg.lora_r, cfg.keep_every,
+                                list(cfg.keep_layers) if cfg.keep_layers else None,
+                                device="cpu", seed=cfg.seed)  # fmt: skip
+        self.autocast = torch.bfloat16 if device.startswith("cuda") and \
+            torch.cuda.is_bf16_supported() else None  # fmt: skip
+        for p in model.parameters():  # fp32 master weights; frozen weights in bf16 on GPUs
+            p.data = p.data.float() if p.requires_grad or self.autocast is None else \
+                p.data.to(self.autocast)  # fmt: skip
+        model.to(device)
+        if cfg.grad_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "enable_input_require_grads"):
+                model.enable_input_require_grads()
+            assert core_model(model).gradient_checkpointing, "gradient checkpointing is off"
+        model.config.use_cache = False
+        self.params = count_parameters(model)
+        self.lm = model
+        self.model = SpeechLMObjective(model, self.layout, cfg.loss_weights)
+        if self.world > 1:
+            self.model = self._wrap_distributed(self.model)
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in trainable if p.dim() >= 2]
+        no_decay = [p for p in trainable if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)  # fmt: skip
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps))
+        self.step = 0
+        self.epoch, self.cursor = 0, 0  # data position: epoch and index in its permutation
+
+    def _wrap_distributed(self, model):
+        if self.cfg.fsdp:
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            return FSDP(model, use_orig_params=True,
+                        device_id=torch.device(self.device) if self.device != "cpu" else None)
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[self.device] if self.device.startswith("cuda") else None)
+
+    # -- data --
+
+    def _order(self, epoch: int) -> list[int]:
+        """This rank's window order in ``epoch``: a seeded permutation, split across ranks."""
+        n = len(self.splits.train)
+        perm = np.random.default_rng(self.cfg.seed * 1000 + epoch).permutation(n).tolist()
+        usable = n // self.world * self.world or n  # equal counts keep DDP ranks in step
+        return perm[:usable][self.rank :: self.world] if self.world > 1 else perm
+
+    def _next_batch(self) -> dict:
+        items = []
+        while len(items) < self.cfg.batch_size:
+            order = self._order(self.epoch)
+            if self.cursor >= len(order):
+                self.epoch, self.cursor = self.epoch + 1, 0
+                continue
+            items.append(self.splits.train[order[self.cursor]])
+            self.cursor += 1
+        return {k: torch.stack([it[k] for it in items]).to(self.device) for k in items[0]}
+
+    # -- steps --
+
+    def _forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast("cuda", dtype=self.autocast, enabled=self.autocast is not None):
+            return self.model(batch["input_ids"], batch["labels"])
+
+    def train_step(self) -> dict:
+        self.model.train()
+        parts = torch.zeros(len(LOSS_KINDS), 2)
+        total = 0.0
+        for _ in range(self.cfg.grad_accum):
+            loss, p = self._forward(self._next_batch())
+            (loss / self.cfg.grad_accum).backward()
+            total += float(loss.detach()) / self.cfg.grad_accum
+            parts += p.cpu()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], self.cfg.clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        out = {"step": self.step, "loss": total, "grad_norm": float(grad_norm),
+               "lr": self.scheduler.get_last_lr()[0]}  # fmt: skip
+        out.update({f"loss_{k}": float(s / n) for k, (s, n) in zip(LOSS_KINDS, parts) if n})
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, max_batches: int | None = None) -> dict:
+        """Validation loss per kind over the first windows of the validation split."""
+        self.model.eval()
+        split = self.splits.val if len(self.splits.val) else self.splits.train
+        n = min(len(split), (max_batches or self.cfg.eval_batches) * self.cfg.batch_size)
+        parts = torch.zeros(len(LOSS_KINDS), 2)
+        losses = []
+        for start in range(0, n, self.cfg.batch_size):
+            items = [split[i] for i in range(start, min(n, start + self.cfg.batch_size))]
+            batch = {k: torch.stack([it[k] for it in items]).to(self.device) for k in items[0]}
+            loss, p = self._forward(batch)
+            losses.append(float(loss))
+            parts += p.cpu()
+        out = {"val_loss": float(np.mean(losses)) if losses else float("nan")}
+        out.update({f"val_loss_{k}": float(s / c) for k, (s, c) in zip(LOSS_KINDS, parts) if c})
+        return out
+
+    # -- checkpoints --
+
+    def save_checkpoint(self) -> Path | None:
+        """Atomic: written to a temp dir, renamed; keeps the last ``cfg.keep_last``."""
+        if self.rank != 0:
+            return None
+        ckpt_root = self.run_dir / "checkpoints"
+        final = ckpt_root / f"step-{self.step:07d}"
+        tmp = ckpt_root / f".tmp-step-{self.step:07d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(_trainable_state(self.model), tmp / "weights.pt")
+        torch.save({"optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "step": self.step,
+                    "epoch": self.epoch, "cursor": self.cursor, "rng": _rng_state(),
+                    "config": asdict(self.cfg)}, tmp / "trainer.pt")  # fmt: skip
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(ckpt_root.glob("step-*"))[: -self.cfg.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        weights = torch.load(path / "weights.pt", map_location="cpu")
+        params = dict(_language_model(self.model).named_parameters())
+        for name, value in weights.items():
+            params[name].data.copy_(value)
+        state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.cursor = state["step"], state["epoch"], state["cursor"]
+        _set_rng_state(state["rng"])
+
+    def save_final(self) -> Path:
+        """``final/``: the trainable weights plus what rebuilds the model (`load_run`)."""
+        final = self.run_dir / "final"
+        if self.rank == 0:
+            tmp = self.run_dir / ".tmp-final"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            torch.save(_trainable_state(self.model), tmp / "weights.pt")
+            write_json_atomic(tmp / "speechlm.json", self.describe())
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        return final
+
+    def describe(self) -> dict:
+        return {"layout": self.tokenizer.fingerprint(), "lora_r": self.cfg.lora_r,
+                "keep_every": self.cfg.keep_every,
+                "keep_layers": list(self.cfg.keep_layers) if self.cfg.keep_layers else None,
+                "lm": self.models.lm, "mimi": self.models.mimi, "whisper": self.models.whisper,
+                "params": self.params, "step": self.step,
+                "val_videos": sorted(self.splits.val_videos)}  # fmt: skip
+
+    def ranks_in_sync(self) -> bool:
+        """Whether every rank holds the same trainable weights (a checksum, all-gathered)."""
+        if self.world == 1:
+            return True
+        total = sum(float(p.detach().double().sum()) for p in
+                    _language_model(self.model).parameters() if p.requires_grad)  # fmt: skip
+        sums = [None] * self.world
+        torch.distributed.all_gather_object(sums, total)
+        return all(abs(x - sums[0]) <= 1e-9 * max(1.0, abs(sums[0])) for x in sums)
+
+    # -- the loop --
+
+    def fit(self, max_steps: int | None = None, resume: bool = False, progress: bool = True,
+            sample_fn=None) -> TrainResult:  # fmt: skip
+        """Train until ``max_steps`` (default ``cfg.max_steps``); ``resume`` continues from the
+        latest checkpoint. ``sample_fn(trainer)`` returns a dict to log (audio samples)."""
+        from tqdm.auto import tqdm
+
+        max_steps = max_steps or self.cfg.max_steps
+        if resume and (ckpt := latest_checkpoint(self.run_dir)):
+            self.load_checkpoint(ckpt)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            write_json_atomic(self.run_dir / "run.json", self.describe())
+        logger = _Logger(self.run_dir, self.cfg, enabled=self.rank == 0)
+        history = []
+        bar = tqdm(total=max_steps, initial=self.step, desc="train", unit="step",
+                   disable=not progress or self.rank != 0)  # fmt: skip
+        tokens_per_step = self.cfg.batch_size * self.cfg.grad_accum * self.splits.train.seq_len
+        try:
+            while self.step < max_steps:
+                start = time.perf_counter()
+                metrics = self.train_step()
+                seconds = time.perf_counter() - start
+                metrics["tokens_per_s"] = tokens_per_step * self.world / seconds
+                if self.step % self.cfg.eval_every == 0 or self.step == max_steps:
+                    metrics.update(self.evaluate())
+                if sample_fn and self.cfg.sample_every and self.step % self.cfg.sample_every == 0:
+                    metrics.update(sample_fn(self) or {})
+                history.append(metrics)
+                logger.log(metrics)
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+                if self.step % self.cfg.save_every == 0 or self.step == max_steps:
+                    if self.world > 1:
+                        in_sync = self.ranks_in_sync()
+                        logger.log({"step": self.step, "ranks_in_sync": in_sync})
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            logger.close()
+        self.save_final()
+        return TrainResult(self.run_dir, self.step, history)
+
+
+class _Logger:
+    """metrics.jsonl always; W&B when ``cfg.wandb_mode`` is not "disabled"."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, enabled: bool):
+        self.enabled = enabled
+        self.file = JsonlWriter(run_dir / "metrics.jsonl") if enabled else None
+        self.wandb = None
+        if enabled and cfg.wandb_mode != "disabled":
+            import wandb
+
+            id_file = run_dir / "wandb_id.txt"  # the same W&B run across resumes
+            if not id_file.exists():
+                id_file.write_text(uuid.uuid4().hex[:12])
+            self.wandb = wandb.init(project=cfg.wandb_project, name=run_dir.name,
+                                    id=id_file.read_text().strip(), resume="allow",
+                                    dir=str(run_dir), mode=cfg.wandb_mode,
+                                    config=asdict(cfg))  # fmt: skip
+
+    def log(self, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        plain = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+        self.file.write(plain)
+        if self.wandb is not None:
+            import wandb
+
+            media = {k: (wandb.Audio(v["audio"], sample_rate=v["rate"], caption=v.get("text"))
+                         if isinstance(v, dict) and "audio" in v else v)
+                     for k, v in metrics.items() if k not in plain}  # fmt: skip
+            self.wandb.log({**plain, **media}, step=metrics["step"])
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+BEEP_HZ, BEEP_S = 880.0, 0.25  # marks where the prompt ends in a sample
+
+
+def make_sample_fn(models: ModelsConfig, prompt_s: float = 4.0, continue_s: float = 4.0,
+                   temperature: float = 0.8):  # fmt: skip
+    """A ``sample_fn`` for `Trainer.fit`: continues the first validation window's first
+    ``prompt_s`` seconds; the audio is the prompt, a short beep, then the continuation, all
+    decoded by Mimi; the text channel of the continuation is the caption."""
+    from .codec import Codec
+    from .generate import Sampling, generate
+
+    state = {}
+
+    def sample(trainer: Trainer) -> dict:
+        if "codec" not in state:
+            state["codec"] = Codec.load(models, trainer.layout.num_codebooks, trainer.device)
+        lay = trainer.layout
+        split = trainer.splits.val if len(trainer.splits.val) else trainer.splits.train
+        ids = split[0]["input_ids"]
+        groups = max(1, int(prompt_s / lay.group_duration_s))
+        prompt = ids[: groups * lay.group_len]
+        lm = _language_model(trainer.model)
+        lm.eval()
+        lm.config.use_cache = True
+        new = generate(lm, lay, prompt, int(continue_s / lay.group_duration_s) * lay.group_len,
+                       Sampling(temperature, temperature, seed=trainer.step))  # fmt: skip
+        lm.config.use_cache = False
+        codec = state["codec"]
+        _, prompt_codes = trainer.tokenizer.decode(prompt.numpy())
+        text, new_codes = trainer.tokenizer.decode(np.array(new))
+        rate = codec.sample_rate_hz
+        t = np.arange(int(BEEP_S * rate)) / rate
+        beep = 0.3 * np.sin(2 * np.pi * BEEP_HZ * t).astype(np.float32)
+        audio = np.concatenate([codec.decode(torch.from_numpy(prompt_codes))[0, 0].numpy(), beep,
+                                codec.decode(torch.from_numpy(new_codes))[0, 0].numpy()])
+        return {"sample": {"audio": audio, "rate": rate, "text": text}}
+
+    return sample
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    return list(read_jsonl(Path(run_dir) / "metrics.jsonl"))
+
+
+def load_run(run_dir: str | Path, models: ModelsConfig, device: str = "cpu",
+             dtype: torch.dtype = torch.float32):  # fmt: skip
+    """The trained model of a run (``final/``, else its latest checkpoint) and its tokenizer."""
+    from .checkpoints import load_text_tokenizer
+    from .model import build_speech_lm
+
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "run.json").read_text())
+    spec = meta["layout"]
+    tokenizer = SpeechTokenizer(load_text_tokenizer(models), spec["num_codebooks"],
+                                spec["frames_per_group"], spec["text_slots_per_group"],
+                                spec["text_lead_s"])  # fmt: skip
+    model = build_speech_lm(models, tokenizer.layout, meta["lora_r"], meta["keep_every"],
+                            meta["keep_layers"])  # fmt: skip
+    source = run_dir / "final" if (run_dir / "final" / "weights.pt").exists() else \
+        latest_checkpoint(run_dir)  # fmt: skip
+    if source is None:
+        raise FileNotFoundError(f"{run_dir} has no final/ or checkpoint: train it first")
+    params = dict(model.named_parameters())
+    for name, value in torch.load(source / "weights.pt", map_location="cpu").items():
+        params[name].data.copy_(value)
+    model = model.to(device=device, dtype=dtype).eval()
+    model.config.use_cache = True
+    return model, tokenizer
+

@@ -1,0 +1,248 @@
+"""Stage 05: model surgery, data windows, the weighted loss, resume, LoRA and torchrun."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from speechlm_utils import data, train
+from speechlm_utils import model as speech_model
+from speechlm_utils.align import Word
+from speechlm_utils.config import TrainConfig
+from speechlm_utils.generate import Sampling, generate
+from speechlm_utils.manifest import write_json_atomic
+from speechlm_utils.tokenizer import SpeechTokenizer
+
+from .conftest import DEMO_DIR, REPO
+
+CHUNK_GROUPS = 50  # 20 s chunks
+
+
+def make_tokens(root, tokenizer, videos=3, chunks=2, seed=0):
+    """Token files and manifest like `tokenize` writes, from random codes and demo words."""
+    rng = np.random.default_rng(seed)
+    truth = json.loads((DEMO_DIR / "demo_ep_001.json").read_text())["words"]
+    tokens = root / "tokens"
+    digest = "synthetic01"
+    write_json_atomic(tokens / "configs" / f"{digest}.json", tokenizer.fingerprint())
+    lines = []
+    for v in range(videos):
+        for c in range(chunks):
+            words = [Word(w["word"], w["start_s"] - 20 * c, w["end_s"] - 20 * c) for w in truth
+                     if 20 * c <= w["start_s"] < 20 * (c + 1)]  # fmt: skip
+            codes = rng.integers(0, 2048, (4, CHUNK_GROUPS * 5))
+            ids = tokenizer.encode(codes, words).ids
+            rel = f"{v:02d}/v{v}c{c}.npy"
+            (tokens / rel).parent.mkdir(parents=True, exist_ok=True)
+            np.save(tokens / rel, ids.astype(np.uint16))
+            lines.append({"chunk": f"vi/vid{v}/vid{v}_{c:05d}.webm", "video_id": f"vid{v}",
+                          "config": digest, "status": "ok", "tokens": rel,
+                          "n_tokens": int(ids.size), "duration_s": 20.0, "start_s": 20.0 * c,
+                          "words": [[w.text, w.start_s, w.end_s, 1.0] for w in words]})  # fmt: skip
+    (root / "tokens.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def tok(text_tokenizer):
+    return SpeechTokenizer(text_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory, tok):
+    return make_tokens(tmp_path_factory.mktemp("tok"), tok)
+
+
+def cfg(**kw):
+    base = dict(wandb_mode="disabled", seq_len=220, batch_size=2, max_steps=6, warmup_steps=2,
+                eval_every=1000, save_every=1000, train_chunks=None, val_fraction=0.34)
+    return TrainConfig.from_profile("tiny", **{**base, **kw})
+
+
+def test_windows_split_by_video_start_at_groups_and_never_pad(tokens, tok):
+    splits = data.load_splits(tokens, tok.layout, 220, val_fraction=0.34)
+    assert splits.val_videos and not splits.val_videos & splits.train_videos
+    assert splits.padding_tokens == 0 and splits.packing_efficiency == 1.0
+    for part in (splits.train, splits.val):
+        for i in range(len(part)):
+            ids = part[i]["input_ids"].numpy()
+            assert ids.size == 220
+            assert np.array_equal(tok.layout.kinds(220), tok.layout.kinds_of_ids(ids))
+    val_files = {p[0].name for w in splits.val.windows for p in w.pieces}
+    train_files = {p[0].name for w in splits.train.windows for p in w.pieces}
+    assert not val_files & train_files  # no episode on both sides
+    # one video's two chunks form one stream: windows cross the chunk boundary
+    crossing = data.load_splits(tokens, tok.layout, 22 * 15, val_fraction=0.34)
+    assert any(len(w.pieces) == 2 for w in crossing.train.windows)
+    assert crossing.padding_tokens == 0
+    with pytest.raises(ValueError, match="multiple of the group length"):
+        data.load_splits(tokens, tok.layout, 230)
+
+
+def test_short_data_is_packed_then_padded_only_at_the_end(tokens, tok):
+    splits = data.load_splits(tokens, tok.layout, 22 * 120, val_fraction=0.0)  # > any video
+    assert len(splits.train) == 3  # three 100-group videos packed into 120-group windows
+    assert splits.padding_tokens == 0  # the last one is filled from the start, not padded
+    assert all((splits.train[i]["labels"].numpy() != data.IGNORE).all() for i in range(3))
+    one = data.load_splits(tokens, tok.layout, 22 * 400, val_fraction=0.0)
+    assert len(one.train) == 1 and one.padding_tokens == 22 * 100  # all data < one window
+    labels = one.train[0]["labels"].numpy()
+    assert (labels == data.IGNORE).sum() == 22 * 100 and (labels[:22 * 300] >= 0).all()
+
+
+def test_new_rows_start_at_the_text_mean(tiny_models, tok):
+    lm = speech_model.build_speech_lm(tiny_models, tok.layout)
+    table = lm.get_input_embeddings().weight
+    assert table.shape[0] == tok.layout.padded_vocab_size
+    text_mean = table[: tok.layout.text_vocab_size].mean(0)
+    new = table[tok.layout.text_vocab_size :]
+    assert torch.allclose(new.mean(0), text_mean, atol=0.02)
+    assert not torch.equal(new[0], new[1])  # distinguishable
+
+
+def test_pruning_keeps_the_expected_layers(tiny_models, tok):
+    full = speech_model.build_speech_lm(tiny_models, tok.layout)
+    pruned = speech_model.build_speech_lm(tiny_models, tok.layout, keep_every=2)
+    assert len(pruned.model.layers) == 2 and pruned.config.num_hidden_layers == 2
+    for new, old in zip(pruned.model.layers, [full.model.layers[0], full.model.layers[2]]):
+        assert torch.equal(new.mlp.up_proj.weight, old.mlp.up_proj.weight)
+    assert [layer.self_attn.layer_idx for layer in pruned.model.layers] == [0, 1]
+    chosen = speech_model.build_speech_lm(tiny_models, tok.layout, keep_layers=[1, 3])
+    assert torch.equal(chosen.model.layers[1].mlp.up_proj.weight,
+                       full.model.layers[3].mlp.up_proj.weight)  # fmt: skip
+    with torch.no_grad():  # generation with a pruned model keeps a correct KV cache
+        out = generate(pruned.eval(), tok.layout, torch.arange(22) % 100, 30, Sampling.greedy())
+        assert out == generate(pruned, tok.layout, torch.arange(22) % 100, 30, Sampling.greedy(),
+                               use_cache=False)  # fmt: skip
+    with pytest.raises(ValueError, match="increasing indices"):
+        speech_model.build_speech_lm(tiny_models, tok.layout, keep_layers=[3, 1])
+
+
+def test_lora_trains_only_adapters_and_new_rows_and_reloads(tiny_models, tok, tokens, tmp_path):
+    trainer = train.Trainer(cfg(lora_r=4, lr=1e-2), tiny_models, tokens, tmp_path / "run")
+    trainable = {n: p.numel() for n, p in trainer.lm.named_parameters() if p.requires_grad}
+    hidden, layers, r = 128, 4, 4
+    per_layer = r * (128 + 128) + r * (128 + 64) * 2 + r * (128 + 128) + \
+        r * (128 + 384) * 3  # q, k+v (GQA: 2 heads x 32), o, gate+up+down  # fmt: skip
+    new_rows = tok.layout.vocab_size - tok.layout.text_vocab_size
+    assert sum(trainable.values()) == layers * per_layer + 2 * new_rows * hidden
+    assert all("lora_" in n or "trainable_tokens_delta" in n for n in trainable)
+    up_proj = trainer.lm.get_base_model().model.layers[0].mlp.up_proj
+    frozen_before = up_proj.base_layer.weight.clone()
+    trainer.fit(max_steps=3, progress=False)
+    after = up_proj.base_layer.weight
+    assert torch.equal(frozen_before, after)  # the base stays frozen
+    reloaded, _ = train.load_run(tmp_path / "run", tiny_models)
+    ids = trainer.splits.train[0]["input_ids"][None]
+    trainer.lm.eval()
+    with torch.no_grad():
+        assert torch.allclose(trainer.lm(ids).logits, reloaded(ids).logits, atol=1e-5)
+
+
+def test_a_zero_weight_removes_that_kinds_gradient(tiny_models, tok, tokens):
+    lm = speech_model.build_speech_lm(tiny_models, tok.layout)
+    batch = data.load_splits(tokens, tok.layout, 220).train[0]
+    ids, labels = batch["input_ids"][None], batch["labels"][None]
+    T = tok.layout.text_vocab_size
+
+    def head_grad(weights):
+        lm.zero_grad()
+        loss, parts = train.SpeechLMObjective(lm, tok.layout, weights)(ids, labels)
+        loss.backward()
+        return lm.lm_head.weight.grad.clone(), float(loss.detach()), parts
+
+    g_all, _, parts = head_grad((1.0, 1.0, 1.0, 1.0))
+    g_slots0, _, _ = head_grad((0.0, 0.0, 1.0, 1.0))  # text and TEXT_PAD both off
+    g_sem0, _, _ = head_grad((1.0, 1.0, 0.0, 1.0))
+    assert g_all[:T].abs().sum() > 0 and g_slots0[:T].abs().sum() == 0  # no text gradient
+    sem = slice(T, T + 2048)
+    assert g_all[sem].abs().sum() > 0 and g_sem0[sem].abs().sum() == 0  # no semantic gradient
+    assert g_sem0[T + 2048 : T + 4096].abs().sum() > 0  # acoustic still learns
+    # weight 0 on text == the text targets removed from the batch altogether
+    g_text0, loss_text0, _ = head_grad((0.0, 1.0, 1.0, 1.0))
+    classes = train.loss_classes(tok.layout, labels)
+    lm.zero_grad()
+    masked = labels.masked_fill(classes == 0, data.IGNORE)
+    loss_masked, _ = train.SpeechLMObjective(lm, tok.layout, (1.0, 1.0, 1.0, 1.0))(ids, masked)
+    loss_masked.backward()
+    assert torch.allclose(g_text0, lm.lm_head.weight.grad, atol=1e-7)
+    sums, counts = parts[:, 0], parts[:, 1]
+    assert loss_text0 == pytest.approx(float(sums[1:].sum() / counts[1:].sum()), rel=1e-5)
+
+
+def test_resume_continues_the_same_run(tiny_models, tokens, tmp_path):
+    straight = train.Trainer(cfg(max_steps=8, save_every=4), tiny_models, tokens, tmp_path / "a")
+    losses_a = [h["loss"] for h in straight.fit(progress=False).history]
+
+    first = train.Trainer(cfg(max_steps=8, save_every=4), tiny_models, tokens, tmp_path / "b")
+    first.fit(max_steps=4, progress=False)  # stops at a checkpoint, as after a crash
+    second = train.Trainer(cfg(max_steps=8, save_every=4), tiny_models, tokens, tmp_path / "b")
+    losses_b = [h["loss"] for h in second.fit(resume=True, progress=False).history]
+    assert second.step == 8 and len(losses_b) == 4
+    assert losses_b == losses_a[4:]  # bit for bit on CPU
+    ckpts = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
+    assert ckpts == ["step-0000004", "step-0000008"] and not list(
+        (tmp_path / "b" / "checkpoints").glob(".tmp*"))
+
+
+def test_gradient_checkpointing_really_recomputes(tiny_models, tokens, tmp_path, monkeypatch):
+    from transformers.models.mistral import modeling_mistral
+
+    calls = []
+    forward = modeling_mistral.MistralMLP.forward
+
+    def counted(self, x):  # (module hooks do not fire in the recompute, so patch forward)
+        calls.append(1)
+        return forward(self, x)
+
+    monkeypatch.setattr(modeling_mistral.MistralMLP, "forward", counted)
+    for enabled, per_layer in ((False, 1), (True, 2)):  # forward, and again in backward
+        calls.clear()
+        trainer = train.Trainer(cfg(grad_checkpointing=enabled), tiny_models, tokens,
+                                tmp_path / f"gc{enabled}")  # fmt: skip
+        trainer.train_step()
+        assert len(calls) == per_layer * 4 * trainer.cfg.grad_accum
+
+
+def test_overfit_then_greedy_reproduces_the_continuation(tiny_models, tokens, tmp_path, tok):
+    c = cfg(train_chunks=1, max_steps=110, lr=1e-2, warmup_steps=10, seq_len=440,
+            batch_size=3)  # fmt: skip
+    trainer = train.Trainer(c, tiny_models, tokens, tmp_path / "overfit")
+    result = trainer.fit(progress=False)
+    assert result.last("loss") < 0.05
+    lm, _ = train.load_run(tmp_path / "overfit", tiny_models)
+    window = trainer.splits.train[0]["input_ids"]
+    prompt, truth = window[: 10 * 22], window[10 * 22 : 15 * 22]
+    out = generate(lm, tok.layout, prompt, truth.numel(), Sampling.greedy())
+    assert out == truth.tolist()  # memorised exactly: text slots and codes
+    text, codes = tok.decode(np.array(out))
+    assert codes.shape == (4, 25)
+
+
+def test_wandb_offline_logs_metrics_and_a_sample(tiny_models, tokens, tmp_path):
+    run = tmp_path / "wb"
+    c = cfg(wandb_mode="offline", max_steps=2, sample_every=2, eval_every=2)
+    trainer = train.Trainer(c, tiny_models, tokens, run)
+    trainer.fit(progress=False, sample_fn=train.make_sample_fn(tiny_models, 0.8, 0.8))
+    metrics = train.read_metrics(run)
+    assert [m["step"] for m in metrics] == [1, 2] and "val_loss_text" in metrics[1]
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert offline and list(offline[0].glob("*.wandb"))
+    assert list(offline[0].rglob("*.wav"))  # the audio sample was logged
+
+
+def test_torchrun_two_cpu_processes_stay_in_sync(tokens, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29517", "-m", "speechlm_utils", "--profile", "tiny",
+           "--data-dir", str(REPO / "data"), "train", "--tokens", str(tokens),
+           "--run-dir", str(run),
+           "--max-steps", "4", "--seq-len", "220", "--batch-size", "2", "--wandb", "disabled"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    synced = [m for m in train.read_metrics(run) if "ranks_in_sync" in m]
+    assert synced and all(m["ranks_in_sync"] for m in synced)
+    assert (run / "final" / "weights.pt").exists()
