@@ -544,3 +544,69 @@ def load_run(run_dir: str | Path, models: ModelsConfig, device: str = "cpu",
     model.config.use_cache = True
     return model, tokenizer
 
+
+
+# -- the paper plan for 7B ----------------------------------------------------------------------
+
+MISTRAL_7B = dict(hidden=4096, layers=32, intermediate=14336, kv_dim=1024)
+GPU_BF16_TFLOPS = {"A100 80GB": 312.0, "H100 80GB SXM": 989.0}  # dense peak
+
+
+def mistral_params(hidden: int, layers: int, intermediate: int, kv_dim: int,
+                   vocab: int) -> dict:  # fmt: skip
+    """Parameter counts of a Mistral-shaped model (per layer, all layers, embeddings)."""
+    per_layer = hidden * (2 * hidden + 2 * kv_dim) + 3 * hidden * intermediate + 2 * hidden
+    lora_per_layer_r1 = (2 * hidden) * 2 + (hidden + kv_dim) * 2 + 3 * (hidden + intermediate)
+    return {"per_layer": per_layer, "layers": per_layer * layers, "embeddings": 2 * vocab * hidden,
+            "lora_per_rank": lora_per_layer_r1 * layers}  # fmt: skip
+
+
+def memory_plan(layout: TokenLayout, seq_len: int = 4092, batch_size: int = 4,
+                lora_r: int = 64, shape: dict = MISTRAL_7B) -> list[dict]:  # fmt: skip
+    """GB needed to train a Mistral-7B-shaped model on one GPU, per option: weights, gradients
+    and AdamW state (fp32 master weights), plus checkpointed activations (bf16)."""
+    p = mistral_params(vocab=layout.padded_vocab_size, **shape)
+    new_rows = 2 * (layout.vocab_size - layout.text_vocab_size) * shape["hidden"]
+    acts = shape["layers"] * batch_size * seq_len * shape["hidden"] * 2  # one input per layer
+    layer_acts = batch_size * seq_len * (shape["hidden"] * 16 + shape["intermediate"] * 6)
+    avg_allowed = (layout.text_slots_per_group * (layout.text_vocab_size + 1) +
+                   (layout.group_len - layout.text_slots_per_group) * layout.codebook_size) \
+        / layout.group_len  # fmt: skip
+    logits = batch_size * seq_len * avg_allowed * 4
+    gb = 1e9
+    rows = []
+    full = p["layers"] + p["embeddings"]
+    half = p["layers"] // 2 + p["embeddings"]
+    trainable_lora = lora_r * p["lora_per_rank"] + new_rows
+    for name, weights, trainable in (
+        ("full finetune, 32 layers", full * 4, full),
+        ("prune: keep every 2nd layer (16), full finetune", half * 4, half),
+        (f"LoRA r={lora_r} + new token rows, base in bf16", full * 2 + trainable_lora * 4,
+         trainable_lora),
+    ):  # fmt: skip
+        layers = 16 if "prune" in name else shape["layers"]
+        act = acts * layers / shape["layers"] + layer_acts + logits
+        state = trainable * (4 + 8)  # fp32 gradients + AdamW moments
+        total = weights + state + act
+        rows.append({"option": name, "trainable_params_M": round(trainable / 1e6),
+                     "weights_GB": round(weights / gb, 1), "grads_adam_GB": round(state / gb, 1),
+                     "activations_GB": round(act / gb, 1), "total_GB": round(total / gb, 1),
+                     "fits_80GB": total < 78 * gb})  # fmt: skip
+    return rows
+
+
+def throughput_plan(lora_r: int = 64, mfu: float = 0.4, shape: dict = MISTRAL_7B,
+                    tokens_per_s_audio: float = 55.0) -> list[dict]:  # fmt: skip
+    """Expected training tokens/s for 7B with LoRA and gradient checkpointing, from FLOPs: a
+    forward (2N), the recompute (2N) and the input-gradient half of backward (2N), so ~6N
+    FLOPs per token, at ``mfu`` of each GPU's dense bf16 peak."""
+    n = mistral_params(vocab=40256, **shape)["layers"]
+    flops_per_token = 6 * n
+    rows = []
+    for gpu, tflops in GPU_BF16_TFLOPS.items():
+        tokens_s = tflops * 1e12 * mfu / flops_per_token
+        rows.append({"gpu": gpu, "tokens_per_s": round(tokens_s),
+                     "audio_h_per_h": round(tokens_s / tokens_per_s_audio, 1),
+                     "hours_per_1000h_audio": round(1000 * tokens_per_s_audio * 3600 /
+                                                    tokens_s / 3600, 1)})  # fmt: skip
+    return rows

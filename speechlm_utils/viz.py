@@ -404,3 +404,27 @@ class AlignmentExplorer:
         self.plot.append_display_data(Image(data=png.getvalue(), format="png"))
         self.audio.outputs = ()
         self.audio.append_display_data(Audio(self.wav[a:b], rate=MIMI_SAMPLE_RATE_HZ))
+
+
+def plot_training(metrics: list[dict]):
+    """Training and validation loss per kind (text, pad, semantic, acoustic) over steps."""
+    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(13, 3.6), sharey=True)
+    for kind, color in (("text", "tab:blue"), ("pad", "tab:gray"), ("semantic", "tab:green"),
+                        ("acoustic", "tab:orange")):  # fmt: skip
+        for ax, key in ((ax_train, f"loss_{kind}"), (ax_val, f"val_loss_{kind}")):
+            points = [(m["step"], m[key]) for m in metrics if key in m]
+            if points:
+                marker = "." if ax is ax_val else None
+                ax.plot(*zip(*points), label=kind, color=color, marker=marker)
+    total = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
+    if total:
+        ax_train.plot(*zip(*total), label="weighted total", color="black", lw=1.5)
+    ax_train.set_yscale("log")
+    ax_train.set_title("training loss per kind")
+    ax_val.set_title("validation loss per kind (held-out videos)")
+    for ax in (ax_train, ax_val):
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    ax_train.set_ylabel("cross-entropy (nats)")
+    fig.tight_layout()
+    return fig
