@@ -139,6 +139,36 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"run: {run}")
 
 
+def cmd_chat(args: argparse.Namespace) -> None:
+    """Stage 06: answer an audio file with the trained model (speech in, speech out)."""
+    from .align import Aligner
+    from .chat import ChatSession, decode_user_audio, wav_bytes
+    from .codec import Codec
+    from .generate import Sampling
+    from .train import load_run
+
+    cfg = config.ChatConfig.from_profile(args.profile, **_data_dir(args))
+    models = config.ModelsConfig.from_profile(args.profile, **_data_dir(args))
+    device = config.pick_device()
+    model, tokenizer = load_run(args.run, models, device, config.pick_dtype(device))
+    codec = Codec.load(models, tokenizer.layout.num_codebooks, device)
+    session = ChatSession(model, tokenizer, codec, Aligner.load(models, device))
+    try:
+        wav24, wav16 = decode_user_audio(Path(args.audio).read_bytes(), Path(args.audio).name)
+    except (OSError, ValueError) as err:
+        raise SystemExit(str(err)) from err
+    session.say(wav24, wav16)
+    temperature = cfg.audio_temperature if args.temperature is None else args.temperature
+    sampling = Sampling(cfg.text_temperature if args.temperature is None else args.temperature,
+                        temperature, cfg.top_k, seed=args.seed)  # fmt: skip
+    response = session.reply(args.max_s or cfg.max_response_s, sampling)
+    Path(args.out).write_bytes(wav_bytes(response.audio))
+    print(f"you said: {session.turns[0]['text'] or '(no words)'}")
+    print(f"model: {response.text or '(no words)'}")
+    print(f"{response.audio_s:.1f} s of audio in {response.seconds:.1f} s (first audio after "
+          f"{response.first_audio_s:.2f} s, stopped on {response.stopped}) -> {args.out}")
+
+
 def _data_dir(args: argparse.Namespace) -> dict:
     return {"data_dir": args.data_dir} if getattr(args, "data_dir", None) else {}
 
@@ -209,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--fsdp", action="store_true", help="shard the model under torchrun")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     tr.set_defaults(func=cmd_train)
+
+    ch = sub.add_parser("chat", help=cmd_chat.__doc__)
+    ch.add_argument("--run-dir", "--run", dest="run", type=Path, required=True)
+    ch.add_argument("--audio", type=Path, required=True, help="your question (any audio file)")
+    ch.add_argument("--out", type=Path, default=Path("reply.wav"))
+    ch.add_argument("--max-s", type=float, help="longest reply in seconds")
+    ch.add_argument("--temperature", type=float, help="for text and audio alike")
+    ch.add_argument("--seed", type=int, default=None)
+    ch.set_defaults(func=cmd_chat)
 
     nb = sub.add_parser("notebooks", help=cmd_notebooks.__doc__)
     nb.add_argument("--dir", type=Path, default=Path("notebooks"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -77,5 +78,15 @@ class Codec:
         yields its 80 ms (x n) of audio as soon as it is given. ``[T]`` float32 per step."""
         with self.mimi.streaming(batch_size=1):
             for codes in frames:
-                codes = codes.reshape(self.num_codebooks, -1)[None].to(self.device, torch.long)
-                yield self.mimi.decode(codes)[0, 0].float().cpu().numpy()
+                yield self._decode_step(codes)
+
+    def _decode_step(self, codes) -> np.ndarray:
+        codes = torch.as_tensor(codes).reshape(self.num_codebooks, -1)[None]
+        return self.mimi.decode(codes.to(self.device, torch.long))[0, 0].float().cpu().numpy()
+
+    @contextmanager
+    def streaming_decoder(self):
+        """A context yielding ``decode(codes[K, n]) -> audio[n * 1920]`` that keeps Mimi's
+        streaming state between calls (for audio that arrives group by group)."""
+        with torch.no_grad(), self.mimi.streaming(batch_size=1):
+            yield self._decode_step

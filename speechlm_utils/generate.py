@@ -9,9 +9,12 @@ conversation can go on past the window with bounded memory.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .tokenizer import TEXT_KIND, TokenLayout
@@ -63,9 +66,10 @@ def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
 @torch.no_grad()
 def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
                   sampling: Sampling | None = None, use_cache: bool = True,
-                  start_position: int = 0) -> Iterator[int]:  # fmt: skip
+                  start_position: int = 0, stats: dict | None = None) -> Iterator[int]:  # fmt: skip
     """Yield new ids one by one after ``prompt_ids`` ([N] ids that start at a group boundary,
-    offset by ``start_position`` when they continue an earlier stream)."""
+    offset by ``start_position`` when they continue an earlier stream). ``stats`` (optional)
+    receives ``cache_len``: the positions the KV cache holds (bounded by the sliding window)."""
     sampling = sampling or Sampling()
     device = next(model.parameters()).device
     generator = None
@@ -83,6 +87,8 @@ def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
         if use_cache:
             out = model(input_ids=step_input, past_key_values=past, use_cache=True)
             past = out.past_key_values
+            if stats is not None:
+                stats["cache_len"] = max(layer.keys.shape[-2] for layer in past.layers)
         else:
             out = model(input_ids=torch.tensor([history], device=device), use_cache=False)
         logits = out.logits[0, -1].float()
@@ -111,3 +117,85 @@ def generate(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
              sampling: Sampling | None = None, use_cache: bool = True) -> list[int]:  # fmt: skip
     """All new ids at once (see `stream_tokens`)."""
     return list(stream_tokens(model, layout, prompt_ids, max_new_tokens, sampling, use_cache))
+
+
+# -- speech in, speech out --------------------------------------------------------------------
+
+
+def prompt_from_audio(wav24: np.ndarray, codec, tokenizer, words=None) -> np.ndarray:
+    """Token ids of a 24 kHz waveform: padded to whole groups, Mimi-encoded, with ``words``
+    (e.g. from Whisper) in the text slots. Starts at a group boundary. ``[N]`` int64."""
+    lay = tokenizer.layout
+    group = lay.frames_per_group * codec.frame_samples
+    padded = max(group, math.ceil(wav24.size / group) * group)
+    wav = torch.zeros(1, 1, padded)
+    wav[0, 0, : wav24.size] = torch.from_numpy(np.asarray(wav24, dtype=np.float32))
+    codes = codec.encode(wav, [padded])[0]
+    return tokenizer.encode(codes.numpy(), words or []).ids
+
+
+@dataclass
+class Response:
+    """A generated reply: its ids, text channel, codes and audio, and how it went."""
+
+    ids: list[int]
+    text: str
+    codes: np.ndarray  # [K, F]
+    audio: np.ndarray  # [T] float32, 24 kHz
+    seconds: float  # wall time
+    first_audio_s: float  # wall time until the first group's audio was ready
+    stopped: str  # "length" or "silence"
+
+    @property
+    def audio_s(self) -> float:
+        return self.audio.size / 24_000
+
+
+def stream_response(model, tokenizer, codec, prompt_ids, max_s: float = 10.0,
+                    sampling: Sampling | None = None, stop_silence_s: float | None = 2.0,
+                    silence_dbfs: float = -45.0, start_position: int = 0) -> Iterator[dict]:
+    """Generate group by group after ``prompt_ids``; yield each finished group as soon as its
+    400 ms of audio is decoded (Mimi streaming): ``{"group", "ids", "text", "audio"}``.
+    Stops after ``max_s`` or ``stop_silence_s`` of silence."""
+    lay = tokenizer.layout
+    groups = max(1, int(round(max_s / lay.group_duration_s)))
+    tokens = stream_tokens(model, lay, prompt_ids, groups * lay.group_len, sampling,
+                           start_position=start_position)  # fmt: skip
+    quiet_groups = 0
+    with codec.streaming_decoder() as decode:
+        for g in range(groups):
+            ids = [next(tokens) for _ in range(lay.group_len)]
+            text, codes = tokenizer.decode(np.array(ids))
+            audio = decode(codes)
+            rms = float(np.sqrt(np.mean(audio**2))) if audio.size else 0.0
+            quiet_groups = quiet_groups + 1 if 20 * math.log10(max(rms, 1e-10)) < silence_dbfs \
+                else 0  # fmt: skip
+            yield {"group": g, "ids": ids, "text": text, "audio": audio}
+            if stop_silence_s and quiet_groups * lay.group_duration_s >= stop_silence_s:
+                return
+
+
+def respond(model, tokenizer, codec, prompt_ids, max_s: float = 10.0,
+            sampling: Sampling | None = None, stop_silence_s: float | None = 2.0,
+            start_position: int = 0, on_group=None) -> Response:  # fmt: skip
+    """Generate a whole reply (see `stream_response`); ``on_group(group)`` sees each group as
+    it is ready (e.g. to play it)."""
+    start = time.perf_counter()
+    first = None
+    ids, audio = [], []
+    stopped = "length"
+    lay = tokenizer.layout
+    n_groups = max(1, int(round(max_s / lay.group_duration_s)))
+    for group in stream_response(model, tokenizer, codec, prompt_ids, max_s, sampling,
+                                 stop_silence_s, start_position=start_position):  # fmt: skip
+        if first is None:
+            first = time.perf_counter() - start
+        ids += group["ids"]
+        audio.append(group["audio"])
+        if on_group:
+            on_group(group)
+    if len(ids) < n_groups * lay.group_len:
+        stopped = "silence"
+    text, codes = tokenizer.decode(np.array(ids))
+    return Response(ids, text, codes, np.concatenate(audio) if audio else np.zeros(0, np.float32),
+                    time.perf_counter() - start, first or 0.0, stopped)

@@ -610,3 +610,21 @@ def throughput_plan(lora_r: int = 64, mfu: float = 0.4, shape: dict = MISTRAL_7B
                      "hours_per_1000h_audio": round(1000 * tokens_per_s_audio * 3600 /
                                                     tokens_s / 3600, 1)})  # fmt: skip
     return rows
+
+
+def ensure_run(cfg: TrainConfig, models: ModelsConfig, run_dir: str | Path,
+               progress: bool = False) -> Path:  # fmt: skip
+    """``run_dir``, trained here first (tiny profile only) if it has no model yet, so the chat
+    notebook runs on its own."""
+    from .config import TokenizeConfig
+    from .preprocess import ensure_tokens
+
+    run_dir = Path(run_dir)
+    if (run_dir / "final" / "weights.pt").exists():
+        return run_dir
+    if cfg.profile != "tiny":
+        raise FileNotFoundError(f"{run_dir} has no trained model: run notebook 05 first")
+    tokens = ensure_tokens(TokenizeConfig.from_profile("tiny", data_dir=cfg.data_dir), models)
+    Trainer(cfg.replace(wandb_mode="disabled"), models, tokens, run_dir).fit(
+        resume=True, progress=progress)
+    return run_dir
