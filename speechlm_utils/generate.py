@@ -199,3 +199,37 @@ def respond(model, tokenizer, codec, prompt_ids, max_s: float = 10.0,
     text, codes = tokenizer.decode(np.array(ids))
     return Response(ids, text, codes, np.concatenate(audio) if audio else np.zeros(0, np.float32),
                     time.perf_counter() - start, first or 0.0, stopped)
+
+
+def continuation_check(model, tokenizer, codec, ids, prompt_s: float = 4.0,
+                       continue_s: float = 4.0) -> dict:  # fmt: skip
+    """Prompt with the first ``prompt_s`` of a token stream, continue greedily for
+    ``continue_s``, and compare with what really follows: the share of identical tokens, the
+    generated and true text channels, and the response."""
+    lay = tokenizer.layout
+    p = int(round(prompt_s / lay.group_duration_s)) * lay.group_len
+    n = int(round(continue_s / lay.group_duration_s)) * lay.group_len
+    ids = np.asarray(ids)[: p + n]
+    response = respond(model, tokenizer, codec, ids[:p], n / lay.tokens_per_s,
+                       Sampling.greedy(), stop_silence_s=None)  # fmt: skip
+    truth = ids[p:]
+    same = np.asarray(response.ids[: truth.size]) == truth
+    return {"exact_share": float(same.mean()) if same.size else 0.0,
+            "text": response.text, "true_text": tokenizer.decode(truth)[0],
+            "response": response}  # fmt: skip
+
+
+GPU_MEMORY_TB_S = {"A100 80GB": 2.0, "H100 80GB SXM": 3.35}  # HBM bandwidth
+
+
+def realtime_plan(params: float = 7.31e9, bytes_per_param: int = 2,
+                  efficiency: float = 0.6) -> list[dict]:  # fmt: skip
+    """Batch-1 decoding is memory-bound: each token reads every weight once. Tokens/s for a
+    Mistral-7B-sized model in bf16 at ``efficiency`` of each GPU's bandwidth, against the
+    55 tokens/s real time needs."""
+    rows = []
+    for gpu, tb_s in GPU_MEMORY_TB_S.items():
+        tokens_s = tb_s * 1e12 * efficiency / (params * bytes_per_param)
+        rows.append({"gpu": gpu, "tokens_per_s": round(tokens_s),
+                     "realtime_factor": round(tokens_s / 55.0, 1)})  # fmt: skip
+    return rows

@@ -379,7 +379,7 @@ class Trainer:
                 "keep_every": self.cfg.keep_every,
                 "keep_layers": list(self.cfg.keep_layers) if self.cfg.keep_layers else None,
                 "lm": self.models.lm, "mimi": self.models.mimi, "whisper": self.models.whisper,
-                "params": self.params, "step": self.step,
+                "params": self.params, "step": self.step, "train_chunks": self.cfg.train_chunks,
                 "val_videos": sorted(self.splits.val_videos)}  # fmt: skip
 
     def ranks_in_sync(self) -> bool:
@@ -628,3 +628,15 @@ def ensure_run(cfg: TrainConfig, models: ModelsConfig, run_dir: str | Path,
     Trainer(cfg.replace(wandb_mode="disabled"), models, tokens, run_dir).fit(
         resume=True, progress=progress)
     return run_dir
+
+
+def training_records(run_dir: str | Path, tokens_root: str | Path) -> list[dict]:
+    """The token records a run trained on, in stream order (the first ones when it trained on
+    ``train_chunks`` only): prompts from them show what the model memorised."""
+    from .preprocess import read_token_manifests
+
+    meta = json.loads((Path(run_dir) / "run.json").read_text())
+    records = [r for r in read_token_manifests(tokens_root) if r.get("status") == "ok"
+               and r["video_id"] not in set(meta["val_videos"])]  # fmt: skip
+    records.sort(key=lambda r: (r["video_id"], r["chunk"]))
+    return records[: meta["train_chunks"]] if meta.get("train_chunks") else records
