@@ -47,11 +47,9 @@ def cmd_index(args: argparse.Namespace) -> None:
     from . import index
     from .manifest import parse_shard
 
-    overrides = {k: v for k, v in {
-        "workers": args.workers, "per_query": args.per_query,
-        "min_duration_s": args.min_duration_s, "max_duration_s": args.max_duration_s,
-        "requests_per_s": args.rps}.items() if v is not None}  # fmt: skip
-    cfg = config.IndexConfig.from_profile(args.profile, **_data_dir(args), **overrides)
+    cfg = _config(config.IndexConfig, args, workers=args.workers, per_query=args.per_query,
+                  min_duration_s=args.min_duration_s, max_duration_s=args.max_duration_s,
+                  requests_per_s=args.rps)  # fmt: skip
     out = args.out or cfg.data_dir / "index.jsonl"
     source = args.source or "youtube"
     if source == "youtube":
@@ -75,12 +73,10 @@ def cmd_scrape(args: argparse.Namespace) -> None:
     from .index import load_index
     from .manifest import parse_shard
 
-    overrides = {k: v for k, v in {
-        "workers": args.workers, "chunk_s": args.chunk_s, "max_hours": args.max_hours,
-        "cookies_file": args.cookies, "proxy": args.proxy, "rate_limit_bps": args.rate_limit,
-        "speech_filter": args.speech_filter or None,
-        "captions": args.captions or None}.items() if v is not None}  # fmt: skip
-    cfg = config.ScrapeConfig.from_profile(args.profile, **_data_dir(args), **overrides)
+    cfg = _config(config.ScrapeConfig, args, workers=args.workers, chunk_s=args.chunk_s,
+                  max_hours=args.max_hours, cookies_file=args.cookies, proxy=args.proxy,
+                  rate_limit_bps=args.rate_limit, speech_filter=args.speech_filter or None,
+                  captions=args.captions or None)  # fmt: skip
     index_files = args.index or [cfg.data_dir / "index.jsonl"]
     entries = load_index(*index_files)
     if not entries:
@@ -99,11 +95,9 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     from .manifest import parse_shard
     from .preprocess import manifest_path, run_tokenize
 
-    overrides = {k: v for k, v in {
-        "batch_size": args.batch_size, "workers": args.workers,
-        "num_codebooks": args.num_codebooks, "text_lead_s": args.text_lead_s,
-        "text_source": args.text_source}.items() if v is not None}  # fmt: skip
-    cfg = config.TokenizeConfig.from_profile(args.profile, **_data_dir(args), **overrides)
+    cfg = _config(config.TokenizeConfig, args, batch_size=args.batch_size, workers=args.workers,
+                  num_codebooks=args.num_codebooks, text_lead_s=args.text_lead_s,
+                  text_source=args.text_source)  # fmt: skip
     models = config.ModelsConfig.from_profile(args.profile, **_data_dir(args))
     rank, world, local_rank = config.distributed_env()  # torchrun: one process per GPU
     shard = parse_shard(args.shard)
@@ -120,15 +114,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     """Stage 05: finetune the LM on the token stream (torchrun for several GPUs)."""
     from .train import Trainer, make_sample_fn
 
-    overrides = {k: v for k, v in {
-        "lora_r": args.lora_r, "keep_every": args.keep_every, "max_steps": args.max_steps,
-        "seq_len": args.seq_len, "batch_size": args.batch_size, "lr": args.lr,
-        "wandb_mode": args.wandb, "fsdp": args.fsdp or None,
-        "loss_weights": tuple(float(x) for x in args.loss_weights.split(","))
-        if args.loss_weights else None}.items() if v is not None}  # fmt: skip
-    if args.keep_every:
-        overrides.setdefault("lora_r", None)  # pruning alone trains the kept layers
-    cfg = config.TrainConfig.from_profile(args.profile, **_data_dir(args), **overrides)
+    weights = tuple(float(x) for x in args.loss_weights.split(",")) if args.loss_weights else None
+    cfg = _config(config.TrainConfig, args, keep_every=args.keep_every, max_steps=args.max_steps,
+                  seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
+                  wandb_mode=args.wandb, fsdp=args.fsdp or None, loss_weights=weights,
+                  lora_r=args.lora_r)  # fmt: skip
+    if args.keep_every and args.lora_r is None:
+        cfg = cfg.replace(lora_r=None)  # pruning alone: train the kept layers
     models = config.ModelsConfig.from_profile(args.profile, **_data_dir(args))
     tokens = args.tokens or cfg.data_dir / "tokens"
     run = args.run or cfg.data_dir / "runs" / "default"
@@ -171,6 +163,12 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 def _data_dir(args: argparse.Namespace) -> dict:
     return {"data_dir": args.data_dir} if getattr(args, "data_dir", None) else {}
+
+
+def _config(cls, args: argparse.Namespace, **fields):
+    """``cls.from_profile`` with the CLI's profile and data dir, and the options given."""
+    overrides = {k: v for k, v in fields.items() if v is not None}
+    return cls.from_profile(args.profile, **_data_dir(args), **overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelsConfig
+from .manifest import atomic_path
 
 TINY_SEED = 1234
 TEXT_TOKENIZER_FILE = "tokenizer.model"  # SentencePiece file name in Mistral's hub repos
@@ -85,16 +86,10 @@ def _atomic_dir(final: Path, build) -> Path:
 
 
 def _atomic_file(final: Path, write) -> Path:
-    """Run ``write(tmp_path)`` and rename into place."""
-    if final.exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        tmp.replace(final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Run ``write(tmp_path)`` and rename into place, unless ``final`` exists."""
+    if not final.exists():
+        with atomic_path(final) as tmp:
+            write(tmp)
     return final
 
 
