@@ -9,12 +9,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.speechlm-installed
 PIP := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: setup demo test lint lab clean-data help
+.PHONY: setup demo test test-browser lint lab clean-data help
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo   set up .venv and run all notebooks on the tiny profile (CPU, offline)"
 	@echo "make test   set up .venv, then ruff, the unit tests and every notebook (nbmake)"
+	@echo "make test-browser   only the JupyterLab + Chromium widget tests"
 	@echo "make lab    open JupyterLab on notebooks/"
 
 $(BIN)/python:
@@ -40,8 +41,13 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check speechlm_utils tests benchmarks data/demo
 
+# Browser tests (tests/browser) run when Chromium is installed and are reported as skipped,
+# with the reason, when it is not (-rs prints skip reasons).
 test: lint
-	SPEECHLM_PROFILE=tiny $(BIN)/python -m pytest -q --nbmake --nbmake-timeout=1800 tests $(wildcard notebooks/*.ipynb)
+	SPEECHLM_PROFILE=tiny $(BIN)/python -m pytest -q -rs --nbmake --nbmake-timeout=1800 tests $(wildcard notebooks/*.ipynb)
+
+test-browser: setup
+	SPEECHLM_PROFILE=tiny $(BIN)/python -m pytest -q -rs tests/browser
 
 lab: setup
 	SPEECHLM_PROFILE=$${SPEECHLM_PROFILE:-tiny} $(BIN)/jupyter lab notebooks

@@ -244,7 +244,8 @@ class ChatWidget:
         self.respond_button = w.Button(description="Respond", button_style="primary",
                                        icon="comment")  # fmt: skip
         self.reset_button = w.Button(description="New conversation", icon="refresh")
-        self.status = w.HTML("<i>Record or upload a question, then press Respond.</i>")
+        self.status = w.HTML()
+        self._say("Record or upload a question, then press <b>Respond</b>.")
         self.player = StreamPlayer()
         self.reply_audio = w.Output()
         self.transcript = w.HTML()
