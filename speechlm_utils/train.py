@@ -171,9 +171,14 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _trainable_state(model) -> dict:
-    """Trainable parameters by their name in the language model (not the wrappers)."""
-    return {n: p.detach().cpu().clone() for n, p in _language_model(model).named_parameters()
-            if p.requires_grad}  # fmt: skip
+    """Trainable parameters by their name in the language model (not the wrappers); sharded
+    (FSDP) parameters are gathered whole, so every rank must call this."""
+    state = {}
+    for name, p in _language_model(model).named_parameters():
+        if p.requires_grad:
+            full = p.full_tensor() if hasattr(p, "full_tensor") else p
+            state[name] = full.detach().cpu().clone()
+    return state
 
 
 def _unwrap(model):
@@ -255,11 +260,15 @@ class Trainer:
         self.epoch, self.cursor = 0, 0  # data position: epoch and index in its permutation
 
     def _wrap_distributed(self, model):
-        if self.cfg.fsdp:
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        if self.cfg.fsdp:  # FSDP2: each decoder layer's parameters sharded across ranks
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
 
-            return FSDP(model, use_orig_params=True,
-                        device_id=torch.device(self.device) if self.device != "cpu" else None)
+            mesh = init_device_mesh("cuda" if self.device.startswith("cuda") else "cpu",
+                                    (self.world,))  # fmt: skip
+            for layer in core_model(model.lm).layers:
+                fully_shard(layer, mesh=mesh)
+            return fully_shard(model, mesh=mesh)
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         return DDP(model, device_ids=[self.device] if self.device.startswith("cuda") else None)
@@ -332,6 +341,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Atomic: written to a temp dir, renamed; keeps the last ``cfg.keep_last``."""
+        weights = _trainable_state(self.model)  # on every rank: FSDP gathers the shards
         if self.rank != 0:
             return None
         ckpt_root = self.run_dir / "checkpoints"
@@ -339,7 +349,7 @@ class Trainer:
         tmp = ckpt_root / f".tmp-step-{self.step:07d}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        torch.save(_trainable_state(self.model), tmp / "weights.pt")
+        torch.save(weights, tmp / "weights.pt")
         torch.save({"optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(), "step": self.step,
                     "epoch": self.epoch, "cursor": self.cursor, "rng": _rng_state(),
@@ -354,7 +364,12 @@ class Trainer:
         weights = torch.load(path / "weights.pt", map_location="cpu")
         params = dict(_language_model(self.model).named_parameters())
         for name, value in weights.items():
-            params[name].data.copy_(value)
+            p = params[name]
+            if hasattr(p, "device_mesh"):  # an FSDP shard: keep this rank's part
+                from torch.distributed.tensor import distribute_tensor
+
+                value = distribute_tensor(value.to(p.device), p.device_mesh, p.placements)
+            p.data.copy_(value)
         state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -364,11 +379,12 @@ class Trainer:
     def save_final(self) -> Path:
         """``final/``: the trainable weights plus what rebuilds the model (`load_run`)."""
         final = self.run_dir / "final"
+        weights = _trainable_state(self.model)  # on every rank (FSDP)
         if self.rank == 0:
             tmp = self.run_dir / ".tmp-final"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            torch.save(_trainable_state(self.model), tmp / "weights.pt")
+            torch.save(weights, tmp / "weights.pt")
             write_json_atomic(tmp / "speechlm.json", self.describe())
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
@@ -386,8 +402,7 @@ class Trainer:
         """Whether every rank holds the same trainable weights (a checksum, all-gathered)."""
         if self.world == 1:
             return True
-        total = sum(float(p.detach().double().sum()) for p in
-                    _language_model(self.model).parameters() if p.requires_grad)  # fmt: skip
+        total = sum(float(w.double().sum()) for w in _trainable_state(self.model).values())
         sums = [None] * self.world
         torch.distributed.all_gather_object(sums, total)
         return all(abs(x - sums[0]) <= 1e-9 * max(1.0, abs(sums[0])) for x in sums)

@@ -234,15 +234,21 @@ def test_wandb_offline_logs_metrics_and_a_sample(tiny_models, tokens, tmp_path):
     assert list(offline[0].rglob("*.wav"))  # the audio sample was logged
 
 
-def test_torchrun_two_cpu_processes_stay_in_sync(tokens, tmp_path):
-    run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "speechlm_utils", "--profile", "tiny",
-           "--data-dir", str(REPO / "data"), "train", "--tokens", str(tokens),
-           "--run-dir", str(run),
-           "--max-steps", "4", "--seq-len", "220", "--batch-size", "2", "--wandb", "disabled"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    synced = [m for m in train.read_metrics(run) if "ranks_in_sync" in m]
-    assert synced and all(m["ranks_in_sync"] for m in synced)
-    assert (run / "final" / "weights.pt").exists()
+def test_torchrun_ddp_and_fsdp_on_two_cpu_processes_agree(tokens, tmp_path):
+    losses = {}
+    for mode, port in (("ddp", "29517"), ("fsdp", "29518")):
+        run = tmp_path / mode
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", port, "-m", "speechlm_utils", "--profile", "tiny",
+               "--data-dir", str(REPO / "data"), "train", "--tokens", str(tokens),
+               "--run-dir", str(run), "--max-steps", "4", "--seq-len", "220",
+               "--batch-size", "2", "--wandb", "disabled", *(["--fsdp"] if mode == "fsdp" else [])]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = train.read_metrics(run)
+        synced = [m for m in metrics if "ranks_in_sync" in m]
+        assert synced and all(m["ranks_in_sync"] for m in synced)  # same weights on both ranks
+        assert (run / "final" / "weights.pt").exists()
+        losses[mode] = [m["loss"] for m in metrics if "loss" in m]
+    assert len(losses["ddp"]) == 4
+    assert losses["fsdp"] == pytest.approx(losses["ddp"], rel=1e-4)  # sharding changes nothing
