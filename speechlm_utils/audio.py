@@ -54,7 +54,9 @@ def ensure_ffmpeg_on_path() -> str:
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(exe)
         tmp.replace(link)  # atomic, so parallel callers never see a half-made link
-    os.environ["PATH"] = f"{_FFMPEG_LINK_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
+    path = os.environ.get("PATH", "")
+    if str(_FFMPEG_LINK_DIR) not in path.split(os.pathsep):  # whisper finds it by name
+        os.environ["PATH"] = f"{_FFMPEG_LINK_DIR}{os.pathsep}{path}"
     return str(link)
 
 
