@@ -43,3 +43,8 @@ def text_tokenizer(tiny_models):
     from speechlm_utils.checkpoints import load_text_tokenizer
 
     return load_text_tokenizer(tiny_models)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests last: by then the notebooks have made the demo data they reuse."""
+    items.sort(key=lambda item: "tests/browser" in str(item.fspath))
