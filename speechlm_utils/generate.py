@@ -37,12 +37,16 @@ class Sampling:
         return cls(text_temperature=0.0, audio_temperature=0.0)
 
 
-def kind_bias(layout: TokenLayout, device, dtype=torch.float32) -> torch.Tensor:
-    """``[K + 1, padded_vocab]``: 0 where a kind may put an id, -inf elsewhere."""
-    masks = torch.from_numpy(layout.kind_masks())
-    bias = torch.full(masks.shape, float("-inf"), dtype=dtype)
-    bias[masks] = 0.0
-    return bias.to(device)
+def _kind_logits(hidden: torch.Tensor, weight: torch.Tensor, layout: TokenLayout,
+                 kind: int) -> torch.Tensor:  # fmt: skip
+    """Logits ``[padded_vocab]`` computed only on the rows ``kind`` allows (the output layer is
+    most of a small model's cost per token); -inf elsewhere."""
+    logits = torch.full((layout.padded_vocab_size,), float("-inf"), device=hidden.device)
+    lo, hi = layout.id_range(kind)
+    logits[lo:hi] = (weight[lo:hi] @ hidden.to(weight.dtype)).float()
+    if kind == TEXT_KIND:
+        logits[layout.text_pad_id] = (weight[layout.text_pad_id] @ hidden.to(weight.dtype)).float()
+    return logits
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
@@ -75,7 +79,9 @@ def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
     generator = None
     if sampling.seed is not None:
         generator = torch.Generator(device=device).manual_seed(sampling.seed)
-    bias = kind_bias(layout, device)
+    from .model import core_model, output_weight
+
+    decoder, weight = core_model(model), output_weight(model)
     ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=device).reshape(1, -1)
     if ids.shape[1] == 0:
         raise ValueError("generation needs a prompt of at least one token")
@@ -85,15 +91,14 @@ def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
     position = start_position + ids.shape[1]  # position of the token about to be generated
     for _ in range(max_new_tokens):
         if use_cache:
-            out = model(input_ids=step_input, past_key_values=past, use_cache=True)
+            out = decoder(input_ids=step_input, past_key_values=past, use_cache=True)
             past = out.past_key_values
             if stats is not None:
                 stats["cache_len"] = max(layer.keys.shape[-2] for layer in past.layers)
         else:
-            out = model(input_ids=torch.tensor([history], device=device), use_cache=False)
-        logits = out.logits[0, -1].float()
+            out = decoder(input_ids=torch.tensor([history], device=device), use_cache=False)
         kind = layout.kind_of(position)
-        logits = logits[: bias.shape[1]] + bias[kind]
+        logits = _kind_logits(out.last_hidden_state[0, -1], weight, layout, kind)
         if kind != TEXT_KIND and sampling.audio_repetition_penalty != 1.0:
             recent = history[-layout.group_len * sampling.repetition_window :]
             lo, hi = layout.id_range(kind)

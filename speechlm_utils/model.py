@@ -95,6 +95,21 @@ def build_speech_lm(models: ModelsConfig, layout: TokenLayout, lora_r: int | Non
     return model.to(device)
 
 
+def output_weight(lm) -> torch.Tensor:
+    """The LM head's effective ``[V, H]`` weight (with peft's trained new rows merged in)."""
+    head = lm.get_output_embeddings()
+    adapter = getattr(head, "token_adapter", None)
+    if adapter is not None and not adapter.disable_adapters and adapter.active_adapters:
+        return adapter.get_merged_weights(adapter.active_adapters)
+    return head.weight
+
+
+def core_model(lm):
+    """The decoder stack (``MistralModel``) of a plain or peft-wrapped model."""
+    inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return inner.model
+
+
 def count_parameters(model) -> dict:
     """Trainable and total parameter counts."""
     total = sum(p.numel() for p in model.parameters())

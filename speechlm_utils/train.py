@@ -35,6 +35,7 @@ import torch
 from .config import ModelsConfig, TrainConfig, distributed_env, pick_device
 from .data import IGNORE, load_splits
 from .manifest import JsonlWriter, read_jsonl, write_json_atomic
+from .model import core_model, output_weight
 from .tokenizer import TEXT_KIND, SpeechTokenizer, TokenLayout
 
 LOSS_KINDS = ("text", "pad", "semantic", "acoustic")
@@ -50,21 +51,6 @@ def loss_classes(layout: TokenLayout, ids: torch.Tensor) -> torch.Tensor:
     classes = torch.where(kinds == 1, 2, torch.where(kinds > 1, 3, 0)).expand_as(ids).clone()
     classes[(kinds == TEXT_KIND).expand_as(ids) & (ids == layout.text_pad_id)] = 1
     return classes
-
-
-def output_weight(lm) -> torch.Tensor:
-    """The LM head's effective ``[V, H]`` weight (with peft's trained new rows merged in)."""
-    head = lm.get_output_embeddings()
-    adapter = getattr(head, "token_adapter", None)
-    if adapter is not None and not adapter.disable_adapters and adapter.active_adapters:
-        return adapter.get_merged_weights(adapter.active_adapters)
-    return head.weight
-
-
-def core_model(lm):
-    """The decoder stack (``MistralModel``) of a plain or peft-wrapped model."""
-    inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    return inner.model
 
 
 def weighted_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
