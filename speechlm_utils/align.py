@@ -8,7 +8,7 @@ back to ``whisper.transcribe`` one file at a time.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,14 +29,6 @@ class Word:
     start_s: float
     end_s: float
     probability: float = 1.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Word:
-        return cls(str(d.get("text", d.get("word", ""))), float(d["start_s"]), float(d["end_s"]),
-                   float(d.get("probability", 1.0)))  # fmt: skip
 
 
 class Aligner:

@@ -33,6 +33,27 @@ _CUE_TIME = re.compile(
 )
 
 
+def read_beside(url: str, suffix: str, timeout_s: float = 10.0) -> bytes | None:
+    """The bytes of ``<media name><suffix>`` beside a ``file://`` or http(s) media URL (a
+    transcript or its metadata), or None when there is none."""
+    from urllib.parse import unquote, urlparse
+
+    import requests
+
+    parsed = urlparse(url)
+    path = str(Path(unquote(parsed.path)).with_suffix(suffix))
+    try:
+        if parsed.scheme == "file":
+            return Path(path).read_bytes() if Path(path).is_file() else None
+        if parsed.scheme in ("http", "https"):
+            response = requests.get(parsed._replace(path=path, query="").geturl(),
+                                    timeout=timeout_s)  # fmt: skip
+            return response.content if response.status_code == 200 and response.content else None
+    except (OSError, requests.RequestException):
+        return None
+    return None
+
+
 def _clean_words(text: str) -> list[str]:
     """Decode entities, strip tags, drop markers like [Music] and >> arrows; split on spaces."""
     text = _TAG.sub("", html.unescape(text)).replace("\u200b", "").replace(">>", " ")

@@ -449,18 +449,12 @@ def _sidecar_title(url: str) -> str | None:
     """The ``title`` of a ``<name>.json`` transcript beside the media, if there is one."""
     import json
 
-    parsed = urlparse(url)
-    sidecar = str(Path(unquote(parsed.path)).with_suffix(".json"))
+    from .captions import read_beside
+
+    data = read_beside(url, ".json", timeout_s=5.0)
     try:
-        if parsed.scheme == "file":
-            text = Path(sidecar).read_text(encoding="utf-8")
-        else:
-            response = requests.get(parsed._replace(path=sidecar).geturl(), timeout=5)
-            if response.status_code != 200:
-                return None
-            text = response.text
-        title = json.loads(text).get("title")
-    except (OSError, ValueError, AttributeError, requests.RequestException):
+        title = json.loads(data).get("title") if data else None
+    except (ValueError, AttributeError):
         return None
     return title if isinstance(title, str) and title.strip() else None
 

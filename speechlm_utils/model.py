@@ -16,8 +16,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from .checkpoints import load_lm
@@ -115,28 +113,3 @@ def count_parameters(model) -> dict:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total}
-
-
-def save_model(model, path: str | Path) -> None:
-    """The adapter (LoRA) or the whole model, with its config, into ``path``."""
-    model.save_pretrained(str(path))
-
-
-def load_trained(path: str | Path, models: ModelsConfig, layout: TokenLayout,
-                 device: str = "cpu", dtype: torch.dtype = torch.float32):  # fmt: skip
-    """A model saved by `save_model`: a full model dir, or a LoRA adapter rebuilt on the base
-    (pruned as it was trained, recorded in the adapter's ``speechlm.json``)."""
-    import json
-
-    path = Path(path)
-    if (path / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        meta = json.loads((path / "speechlm.json").read_text())
-        base = build_speech_lm(models, layout, keep_layers=meta.get("keep_layers"))
-        model = PeftModel.from_pretrained(base, str(path))
-    else:
-        from transformers import MistralForCausalLM
-
-        model = MistralForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    return model.to(device=device, dtype=dtype).eval()

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .audio import WHISPER_SAMPLE_RATE_HZ, ffmpeg_exe, load_audio, probe
-from .captions import CAPTION_EXTENSIONS, parse_file, split_by_chunks
+from .captions import CAPTION_EXTENSIONS, parse_file, read_beside, split_by_chunks
 from .config import ScrapeConfig
 from .manifest import JsonlWriter, read_jsonl, take_shard, write_json_atomic
 
@@ -56,12 +56,6 @@ def read_chunk_listings(out_root: str | Path) -> list[dict]:
     for path in sorted(Path(out_root).glob("*/*/chunks.json")):
         listings.append({**json.loads(path.read_text()), "folder": path.parent})
     return listings
-
-
-def list_chunks(out_root: str | Path) -> list[Path]:
-    """Every chunk file under ``out_root``, sorted (video, then chunk number)."""
-    return [meta["folder"] / c["file"] for meta in read_chunk_listings(out_root)
-            for c in meta["chunks"]]  # fmt: skip
 
 
 class _NullLogger:
@@ -286,29 +280,18 @@ def _find_timed_text(url: str, dl_dir: Path, cfg: ScrapeConfig) -> tuple[str, Pa
 
 
 def _fetch_sidecar(url: str, ext: str, target: Path) -> bool:
-    """Copy ``<media stem><ext>`` from beside the media (file:// or http) to ``target``."""
-    from urllib.parse import unquote, urlparse
-
-    import requests
-
-    parsed = urlparse(url)
-    path = str(Path(unquote(parsed.path)).with_suffix(ext))
-    try:
-        if parsed.scheme == "file":
-            if not Path(path).is_file():
-                return False
-            shutil.copyfile(path, target)
-        elif parsed.scheme in ("http", "https"):
-            response = requests.get(parsed._replace(path=path, query="").geturl(), timeout=10)
-            if response.status_code != 200 or not response.content:
-                return False
-            target.write_bytes(response.content)
-        else:
-            return False
-        return bool(parse_file(target))  # only keep what parses into words
-    except (OSError, ValueError, requests.RequestException):
-        target.unlink(missing_ok=True)
+    """Copy ``<media stem><ext>`` from beside the media to ``target`` if it parses to words."""
+    data = read_beside(url, ext)
+    if not data:
         return False
+    target.write_bytes(data)
+    try:
+        if parse_file(target):  # only keep what parses into words
+            return True
+    except (OSError, ValueError):
+        pass
+    target.unlink(missing_ok=True)
+    return False
 
 
 def _attach_timed_text(url: str, dl_dir: Path, chunk_dir_tmp: Path, chunks: list[dict],
