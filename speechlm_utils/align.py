@@ -16,19 +16,10 @@ import torch
 from .audio import WHISPER_SAMPLE_RATE_HZ
 from .checkpoints import load_whisper
 from .config import ModelsConfig
+from .words import Word
 
 WHISPER_WINDOW_S = 30.0  # Whisper always sees 30 s (padded)
 MAX_TEXT_TOKENS_PER_S = 7  # generous for speech (~3-5/s); caps runaway repetition
-
-
-@dataclass
-class Word:
-    """One word with its time in the chunk, in seconds."""
-
-    text: str  # as in running text, usually with its leading space: " Hello"
-    start_s: float
-    end_s: float
-    probability: float = 1.0
 
 
 class Aligner:

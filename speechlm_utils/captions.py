@@ -22,7 +22,7 @@ import json
 import re
 from pathlib import Path
 
-from .align import Word
+from .words import Word
 
 CAPTION_EXTENSIONS = (".json3", ".vtt", ".srt", ".json")
 _MARKER = re.compile(r"^[\[(♪].*[\])♪]$|^[♪\-–—]+$")  # [Music], (laughs), ♪, dialogue dashes

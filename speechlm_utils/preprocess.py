@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .align import Aligner, Word
+from .align import Aligner
 from .audio import (
     MIMI_FRAME_SAMPLES,
     MIMI_SAMPLE_RATE_HZ,
@@ -35,6 +35,7 @@ from .config import ModelsConfig, TokenizeConfig
 from .manifest import JsonlWriter, atomic_path, in_shard, read_jsonl, write_json_atomic
 from .scrape import read_chunk_listings
 from .tokenizer import SpeechTokenizer
+from .words import Word
 
 
 def list_chunk_items(chunks_root: str | Path) -> list[dict]:

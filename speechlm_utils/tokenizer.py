@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .align import Word
 from .audio import MIMI_FRAME_RATE_HZ
 from .codec import CODEBOOK_SIZE
+from .words import Word
 
 TEXT_KIND = 0  # kind of a text slot; codebook k has kind k + 1
 EMBEDDING_MULTIPLE = 64

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from speechlm_utils import preprocess, scrape
-from speechlm_utils.align import Word
 from speechlm_utils.captions import parse_file, split_by_chunks
 from speechlm_utils.config import ScrapeConfig, TokenizeConfig
 from speechlm_utils.local_server import serve_directory
 from speechlm_utils.manifest import read_jsonl
 from speechlm_utils.tokenizer import SpeechTokenizer
+from speechlm_utils.words import Word
 
 from .conftest import DEMO_DIR, REPO
 

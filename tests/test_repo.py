@@ -75,3 +75,12 @@ def test_notebooks_follow_the_house_layout():
         long_cells = [c for c in cells if c["cell_type"] == "code" and c is not cells[1]
                       and len("".join(c["source"]).splitlines()) > 15]  # fmt: skip
         assert not long_cells, f"{path.name}: code cells stay short; logic lives in the library"
+
+
+def test_acquisition_never_imports_torch_or_whisper():
+    code = ("import sys, speechlm_utils.index, speechlm_utils.scrape, speechlm_utils.captions, "
+            "speechlm_utils.words; print(sorted({'torch', 'whisper', 'transformers'} & "
+            "set(sys.modules)))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

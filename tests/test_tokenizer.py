@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from speechlm_utils.align import Word
 from speechlm_utils.checkpoints import mistral_v1_tokenizer_file
 from speechlm_utils.tokenizer import TEXT_KIND, SpeechTokenizer
+from speechlm_utils.words import Word
 
 from .conftest import DEMO_DIR
 

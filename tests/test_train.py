@@ -10,11 +10,11 @@ import torch
 
 from speechlm_utils import data, train
 from speechlm_utils import model as speech_model
-from speechlm_utils.align import Word
 from speechlm_utils.config import TrainConfig
 from speechlm_utils.generate import Sampling, generate
 from speechlm_utils.manifest import write_json_atomic
 from speechlm_utils.tokenizer import SpeechTokenizer
+from speechlm_utils.words import Word
 
 from .conftest import DEMO_DIR, REPO
 
