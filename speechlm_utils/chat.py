@@ -2,9 +2,11 @@
 
 `ChatSession` keeps the conversation as one token stream: your audio (Mimi codes, with
 Whisper's words in the text slots) is appended, and the model continues the stream, group by
-group. `ChatWidget` puts a microphone recorder (an anywidget: works in JupyterLab and Colab),
-a file upload, sampling sliders, a streaming player and the transcript around it; bad input
-(not audio, empty, silent, too long) gets a clear message and the widget keeps working. Its
+group, after writing the text slots of your last ``text_lead_s`` itself (its first words go
+there).
+`ChatWidget` puts a microphone recorder (an anywidget: works in JupyterLab and Colab), a file
+upload, sampling sliders, a streaming player and the transcript around it; bad input (not
+audio, empty, silent, too long) gets a clear message and the widget keeps working. Its
 "continue this podcast" mode prompts with the start of a tokenized chunk, like the original
 demo.
 """
@@ -83,6 +85,7 @@ class ChatSession:
     def reset(self) -> None:
         self.ids: list[int] = []
         self.turns: list[dict] = []
+        self.unanswered_s = 0.0  # the user's audio at the stream's end, not yet replied to
 
     def say(self, wav24: np.ndarray, wav16: np.ndarray | None = None) -> list[int]:
         """Append the user's audio (with Whisper's words when an aligner is set) to the stream."""
@@ -90,24 +93,37 @@ class ChatSession:
             wav16 is not None else []  # fmt: skip
         ids = prompt_from_audio(wav24, self.codec, self.tokenizer, words).tolist()
         self.ids += ids
+        self.unanswered_s += len(ids) / self.tokenizer.layout.tokens_per_s
         self.turns.append({"role": "you", "audio": wav24,
                            "text": " ".join(w.text.strip() for w in words)})  # fmt: skip
         return ids
 
     def continue_from(self, ids, audio: np.ndarray | None = None, text: str = "") -> None:
-        """Start over from given stream ids (e.g. the first seconds of a podcast chunk)."""
+        """Start over from given stream ids (e.g. the first seconds of a podcast chunk). Their
+        text slots are kept as they are: a tokenized chunk's last slots already hold the words
+        that follow it."""
         self.reset()
         self.ids = [int(i) for i in ids]
         self.turns.append({"role": "podcast", "audio": audio, "text": text})
 
     def reply(self, max_s: float = 10.0, sampling: Sampling | None = None,
-              on_group=None, stop_silence_s: float | None = 2.0) -> Response:  # fmt: skip
-        """The model continues the stream; its reply is appended too."""
+              on_group=None, stop_silence_s: float | None = 2.0,
+              open_text_s: float | None = None) -> Response:  # fmt: skip
+        """The model continues the stream; its reply is appended too.
+
+        First it writes the text slots of the user's last ``open_text_s`` (default: the
+        tokenizer's ``text_lead_s``, at most as much as the unanswered audio), where its first
+        words belong (see `stream_response`); the stream keeps the prompt as it completed it.
+        """
         if not self.ids:
             raise UserInputError("Say something first: record or upload audio.")
+        if open_text_s is None:
+            open_text_s = min(self.tokenizer.text_lead_s, self.unanswered_s)
         response = respond(self.model, self.tokenizer, self.codec, self.ids, max_s, sampling,
-                           stop_silence_s, on_group=on_group)  # fmt: skip
-        self.ids += response.ids
+                           stop_silence_s, on_group=on_group,
+                           open_text_s=open_text_s)  # fmt: skip
+        self.ids = list(response.prompt_ids) + response.ids
+        self.unanswered_s = 0.0
         self.turns.append({"role": "model", "audio": response.audio, "text": response.text})
         return response
 

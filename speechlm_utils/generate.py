@@ -5,6 +5,10 @@ The layout fixes each position's kind, so at every step only that kind's ids can
 Text and audio have their own temperature, top-k and top-p. Generation runs with the KV cache;
 Mistral's sliding-window layers keep only the last ``sliding_window`` positions, so a
 conversation can go on past the window with bounded memory.
+
+The reply boundary: text runs ``text_lead_s`` ahead of its sound, so the empty text slots of a
+prompt's last ``text_lead_s`` belong to words said after it. Before its first sound the model
+writes them itself over the prompt's fixed audio, so its first words are planned in time.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -67,13 +71,47 @@ def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
     return torch.multinomial(probs, 1, generator=generator)[0]
 
 
+def open_text_slots(layout: TokenLayout, prompt_ids, open_text_from: int | None,
+                    start_position: int = 0) -> np.ndarray:  # fmt: skip
+    """``[N]`` bool: the prompt positions the model writes itself, the text slots at or after
+    ``open_text_from`` that hold TEXT_PAD (a real word token there stays). Position 0 never
+    opens: nothing comes before it to predict it from."""
+    ids = np.asarray(prompt_ids).reshape(-1)
+    opened = (layout.kinds(ids.size, start_position) == TEXT_KIND) & (ids == layout.text_pad_id)
+    opened[: ids.size if open_text_from is None else max(1, open_text_from)] = False
+    return opened
+
+
+def _penalize_repeats(logits: torch.Tensor, history: list[int], layout: TokenLayout, kind: int,
+                      sampling: Sampling) -> None:  # fmt: skip
+    """Damp, in place, the codes of codebook ``kind`` seen in the last ``repetition_window``
+    frames' groups."""
+    recent = history[-layout.group_len * sampling.repetition_window :]
+    lo, hi = layout.id_range(kind)
+    seen = torch.tensor([t for t in recent if lo <= t < hi], dtype=torch.long,
+                        device=logits.device)  # fmt: skip
+    if seen.numel():
+        vals = logits[seen]
+        logits[seen] = torch.where(vals > 0, vals / sampling.audio_repetition_penalty,
+                                   vals * sampling.audio_repetition_penalty)  # fmt: skip
+
+
 @torch.no_grad()
 def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
                   sampling: Sampling | None = None, use_cache: bool = True,
-                  start_position: int = 0, stats: dict | None = None) -> Iterator[int]:  # fmt: skip
+                  start_position: int = 0, stats: dict | None = None,
+                  open_text_from: int | None = None) -> Iterator[int]:  # fmt: skip
     """Yield new ids one by one after ``prompt_ids`` ([N] ids that start at a group boundary,
     offset by ``start_position`` when they continue an earlier stream). ``stats`` (optional)
-    receives ``cache_len``: the positions the KV cache holds (bounded by the sliding window)."""
+    receives ``cache_len``: the positions the KV cache holds (bounded by the sliding window).
+
+    ``open_text_from=P`` (an index into the prompt) first yields the prompt's ids from P on as
+    the model completes them: its TEXT_PAD text slots there (`open_text_slots`) are sampled
+    with the text settings, every other id (audio, real words) is kept; then the
+    ``max_new_tokens`` new ids. So N - P + max_new_tokens ids in all; None yields only the new.
+    What is fixed goes through the model in one pass: the prompt up to its first open slot, then
+    each run of kept ids between two sampled ones.
+    """
     sampling = sampling or Sampling()
     device = next(model.parameters()).device
     generator = None
@@ -82,39 +120,40 @@ def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
     from .model import core_model, output_weight
 
     decoder, weight = core_model(model), output_weight(model)
-    ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=device).reshape(1, -1)
-    if ids.shape[1] == 0:
+    prompt = torch.as_tensor(prompt_ids, dtype=torch.long).reshape(-1).tolist()
+    if not prompt:
         raise ValueError("generation needs a prompt of at least one token")
-    history = ids[0].tolist()
+    if open_text_from is not None and not 0 <= open_text_from <= len(prompt):
+        raise ValueError(f"open_text_from={open_text_from} is outside the prompt "
+                         f"(0..{len(prompt)})")  # fmt: skip
+    opened = open_text_slots(layout, prompt, open_text_from, start_position)
+    first = len(prompt) if open_text_from is None else open_text_from
+    history = prompt[:first]
+    pending = list(history)  # ids not yet fed to the model
     past = None
-    step_input = ids
-    position = start_position + ids.shape[1]  # position of the token about to be generated
-    for _ in range(max_new_tokens):
-        if use_cache:
-            out = decoder(input_ids=step_input, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            if stats is not None:
-                stats["cache_len"] = max(layer.keys.shape[-2] for layer in past.layers)
+    for index in range(first, len(prompt) + max_new_tokens):
+        if index < len(prompt) and not opened[index]:
+            next_id = prompt[index]  # kept: no forward pass needed
         else:
-            out = decoder(input_ids=torch.tensor([history], device=device), use_cache=False)
-        kind = layout.kind_of(position)
-        logits = _kind_logits(out.last_hidden_state[0, -1], weight, layout, kind)
-        if kind != TEXT_KIND and sampling.audio_repetition_penalty != 1.0:
-            recent = history[-layout.group_len * sampling.repetition_window :]
-            lo, hi = layout.id_range(kind)
-            seen = torch.tensor([t for t in recent if lo <= t < hi], dtype=torch.long,
-                                device=device)  # fmt: skip
-            if seen.numel():
-                vals = logits[seen]
-                logits[seen] = torch.where(vals > 0, vals / sampling.audio_repetition_penalty,
-                                           vals * sampling.audio_repetition_penalty)  # fmt: skip
-        text = kind == TEXT_KIND
-        next_id = int(_pick(logits, sampling.text_temperature if text
-                            else sampling.audio_temperature, sampling.top_k, sampling.top_p,
-                            generator))  # fmt: skip
+            if use_cache:
+                out = decoder(input_ids=torch.tensor([pending], device=device),
+                              past_key_values=past, use_cache=True)  # fmt: skip
+                past = out.past_key_values
+                if stats is not None:
+                    stats["cache_len"] = max(layer.keys.shape[-2] for layer in past.layers)
+            else:
+                out = decoder(input_ids=torch.tensor([history], device=device), use_cache=False)
+            pending = []
+            kind = layout.kind_of(start_position + index)
+            logits = _kind_logits(out.last_hidden_state[0, -1], weight, layout, kind)
+            if kind != TEXT_KIND and sampling.audio_repetition_penalty != 1.0:
+                _penalize_repeats(logits, history, layout, kind, sampling)
+            text = kind == TEXT_KIND
+            next_id = int(_pick(logits, sampling.text_temperature if text
+                                else sampling.audio_temperature, sampling.top_k, sampling.top_p,
+                                generator))  # fmt: skip
         history.append(next_id)
-        step_input = torch.tensor([[next_id]], device=device)
-        position += 1
+        pending.append(next_id)
         yield next_id
 
 
@@ -144,28 +183,61 @@ class Response:
     """A generated reply: its ids, text channel, codes and audio, and how it went."""
 
     ids: list[int]
-    text: str
+    text: str  # the model's words: those it wrote over the prompt's lead, then the reply's
     codes: np.ndarray  # [K, F]
     audio: np.ndarray  # [T] float32, 24 kHz
     seconds: float  # wall time
     first_audio_s: float  # wall time until the first group's audio was ready
     stopped: str  # "length" or "silence"
+    prompt_ids: list[int] = field(default_factory=list)  # the prompt as the model completed it
+    lead_text: str = ""  # the words the model wrote in the prompt's open text slots
 
     @property
     def audio_s(self) -> float:
         return self.audio.size / 24_000
 
 
+def lead_groups(seconds: float, layout: TokenLayout) -> int:
+    """Groups at a prompt's end that hold the text of words said after it, with text
+    ``seconds`` ahead of sound: ``ceil(seconds / group_duration_s)``."""
+    return max(0, math.ceil(seconds / layout.group_duration_s - 1e-9))
+
+
 def stream_response(model, tokenizer, codec, prompt_ids, max_s: float = 10.0,
                     sampling: Sampling | None = None, stop_silence_s: float | None = 2.0,
-                    silence_dbfs: float = -45.0, start_position: int = 0) -> Iterator[dict]:
+                    silence_dbfs: float = -45.0, start_position: int = 0,
+                    open_text_s: float | None = None,
+                    silence_from_s: float | None = None) -> Iterator[dict]:  # fmt: skip
     """Generate group by group after ``prompt_ids``; yield each finished group as soon as its
-    400 ms of audio is decoded (Mimi streaming): ``{"group", "ids", "text", "audio"}``.
-    Stops after ``max_s`` or ``stop_silence_s`` of silence."""
+    400 ms of audio is decoded (Mimi streaming): ``{"group", "ids", "text", "audio",
+    "prompt_ids", "lead_ids", "lead_text"}``, the last three the same in every group.
+
+    The reply boundary: the text slots of the prompt's last ``open_text_s`` (default the
+    tokenizer's ``text_lead_s``) belong to words said after the prompt, so the model writes
+    them first, over the prompt's fixed audio (`stream_tokens` ``open_text_from``): its first
+    words are planned before its first sound. ``prompt_ids`` is the prompt so completed,
+    ``lead_ids``/``lead_text`` the word ids it wrote there; 0 keeps the prompt as given.
+    Stops after ``max_s``, or after ``stop_silence_s`` of silence counted from
+    ``silence_from_s`` into the reply on (default ``text_lead_s``: a reply whose words are
+    planned in its first seconds is not silent yet).
+    """
     lay = tokenizer.layout
+    lead_s = tokenizer.text_lead_s
+    prompt = torch.as_tensor(prompt_ids, dtype=torch.long).reshape(-1).tolist()
+    open_groups = lead_groups(lead_s if open_text_s is None else open_text_s, lay)
+    open_from = max(0, len(prompt) - open_groups * lay.group_len) if open_groups else None
+    quiet_from = lead_groups(lead_s if silence_from_s is None else silence_from_s, lay)
     groups = max(1, int(round(max_s / lay.group_duration_s)))
-    tokens = stream_tokens(model, lay, prompt_ids, groups * lay.group_len, sampling,
-                           start_position=start_position)  # fmt: skip
+    tokens = stream_tokens(model, lay, prompt, groups * lay.group_len, sampling,
+                           start_position=start_position, open_text_from=open_from)  # fmt: skip
+    lead_ids: list[int] = []
+    if open_from is not None:
+        opened = open_text_slots(lay, prompt, open_from, start_position)
+        for index in range(open_from, len(prompt)):
+            prompt[index] = next(tokens)
+            if opened[index] and prompt[index] != lay.text_pad_id:
+                lead_ids.append(prompt[index])
+    lead_text = tokenizer.sp.decode(lead_ids)
     quiet_groups = 0
     with codec.streaming_decoder() as decode:
         for g in range(groups):
@@ -173,50 +245,67 @@ def stream_response(model, tokenizer, codec, prompt_ids, max_s: float = 10.0,
             text, codes = tokenizer.decode(np.array(ids))
             audio = decode(codes)
             rms = float(np.sqrt(np.mean(audio**2))) if audio.size else 0.0
-            quiet_groups = quiet_groups + 1 if 20 * math.log10(max(rms, 1e-10)) < silence_dbfs \
-                else 0  # fmt: skip
-            yield {"group": g, "ids": ids, "text": text, "audio": audio}
+            quiet = 20 * math.log10(max(rms, 1e-10)) < silence_dbfs
+            quiet_groups = quiet_groups + 1 if quiet and g >= quiet_from else 0
+            yield {"group": g, "ids": ids, "text": text, "audio": audio, "prompt_ids": prompt,
+                   "lead_ids": lead_ids, "lead_text": lead_text}  # fmt: skip
             if stop_silence_s and quiet_groups * lay.group_duration_s >= stop_silence_s:
                 return
 
 
 def respond(model, tokenizer, codec, prompt_ids, max_s: float = 10.0,
             sampling: Sampling | None = None, stop_silence_s: float | None = 2.0,
-            start_position: int = 0, on_group=None) -> Response:  # fmt: skip
-    """Generate a whole reply (see `stream_response`); ``on_group(group)`` sees each group as
-    it is ready (e.g. to play it)."""
+            start_position: int = 0, on_group=None, open_text_s: float | None = None,
+            silence_from_s: float | None = None) -> Response:  # fmt: skip
+    """Generate a whole reply (see `stream_response`, also for the reply boundary);
+    ``on_group(group)`` sees each group as it is ready (e.g. to play it)."""
     start = time.perf_counter()
     first = None
     ids, audio = [], []
+    prompt, lead_ids, lead_text = [], [], ""
     stopped = "length"
     lay = tokenizer.layout
     n_groups = max(1, int(round(max_s / lay.group_duration_s)))
     for group in stream_response(model, tokenizer, codec, prompt_ids, max_s, sampling,
-                                 stop_silence_s, start_position=start_position):  # fmt: skip
+                                 stop_silence_s, start_position=start_position,
+                                 open_text_s=open_text_s,
+                                 silence_from_s=silence_from_s):  # fmt: skip
         if first is None:
             first = time.perf_counter() - start
         ids += group["ids"]
         audio.append(group["audio"])
+        prompt, lead_ids, lead_text = group["prompt_ids"], group["lead_ids"], group["lead_text"]
         if on_group:
             on_group(group)
     if len(ids) < n_groups * lay.group_len:
         stopped = "silence"
-    text, codes = tokenizer.decode(np.array(ids))
+    _, codes = tokenizer.decode(np.array(ids))
+    slots = np.asarray(ids, dtype=np.int64)[lay.kinds(len(ids)) == TEXT_KIND]
+    text = tokenizer.sp.decode(lead_ids + [int(i) for i in slots if i != lay.text_pad_id])
     return Response(ids, text, codes, np.concatenate(audio) if audio else np.zeros(0, np.float32),
-                    time.perf_counter() - start, first or 0.0, stopped)
+                    time.perf_counter() - start, first or 0.0, stopped, list(prompt),
+                    lead_text)  # fmt: skip
 
 
 def continuation_check(model, tokenizer, codec, ids, prompt_s: float = 4.0,
-                       continue_s: float = 4.0) -> dict:  # fmt: skip
+                       continue_s: float = 4.0, open_text_s: float = 0.0) -> dict:  # fmt: skip
     """Prompt with the first ``prompt_s`` of a token stream, continue greedily for
     ``continue_s``, and compare with what really follows: the share of identical tokens, the
-    generated and true text channels, and the response."""
+    generated and true text channels, and the response.
+
+    The text boundary stays closed by default (``open_text_s=0``): a real stream was tokenized
+    on its whole timeline, so the last text slots of its first ``prompt_s`` already hold the
+    words that follow and its pads are true pauses. The prompt is then exactly the truth's
+    prefix, and a model that memorised the stream gives it back token for token; opening would
+    let the model write over those pauses and compare against a prompt the truth never had.
+    """
     lay = tokenizer.layout
     p = int(round(prompt_s / lay.group_duration_s)) * lay.group_len
     n = int(round(continue_s / lay.group_duration_s)) * lay.group_len
     ids = np.asarray(ids)[: p + n]
     response = respond(model, tokenizer, codec, ids[:p], n / lay.tokens_per_s,
-                       Sampling.greedy(), stop_silence_s=None)  # fmt: skip
+                       Sampling.greedy(), stop_silence_s=None,
+                       open_text_s=open_text_s)  # fmt: skip
     truth = ids[p:]
     same = np.asarray(response.ids[: truth.size]) == truth
     return {"exact_share": float(same.mean()) if same.size else 0.0,

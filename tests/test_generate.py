@@ -1,5 +1,7 @@
 """Stage 06: constrained generation, KV cache, rolling window, streaming, and the chat widget."""
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -125,3 +127,176 @@ def test_chat_widget_answers_a_file_and_explains_bad_input(lm, tok, codec, tmp_p
     assert len(session.turns) == 2 and session.turns[0]["role"] == "podcast"
     ui.reset()
     assert ui.history.children == () and session.ids == []
+
+
+# -- the reply boundary: the model writes the text slots of the prompt's last lead -----------
+
+
+def _mid_sentence_prompt(tok, groups=10, seed=0):
+    """A prompt of ``groups`` groups whose words run past its end: the last lead's text slots
+    hold a few real tokens (words said at or after the end) among pads."""
+    from speechlm_utils.words import Word
+
+    codes = np.random.default_rng(seed).integers(0, 2048, (4, 5 * groups))
+    end_s = groups * 0.4
+    words = [Word(" so", 0.3, 0.5), Word(" the", 0.9, 1.1), Word(" weather", end_s - 1.2, end_s),
+             Word(" tomorrow", end_s + 0.1, end_s + 0.6),
+             Word(" looks", end_s + 1.3, end_s + 1.6)]  # fmt: skip
+    return tok.encode(codes, words).ids
+
+
+def _reference_open_text(lm, tok, prompt, open_from):
+    """The completed prompt, one full forward per open slot, greedy over text + TEXT_PAD."""
+    lay = tok.layout
+    text_mask = torch.from_numpy(lay.kind_masks()[0])
+    ids = [int(i) for i in prompt]
+    for i in np.flatnonzero(generate.open_text_slots(lay, prompt, open_from)):
+        with torch.no_grad():
+            logits = lm(input_ids=torch.tensor([ids[:i]])).logits[0, -1]
+        ids[i] = int(logits.masked_fill(~text_mask, float("-inf")).argmax())
+    return ids
+
+
+def test_open_text_slots_are_the_pads_of_the_lead(tok):
+    lay = tok.layout
+    prompt = _mid_sentence_prompt(tok)
+    open_from = prompt.size - 5 * lay.group_len  # the last 2 s
+    opened = generate.open_text_slots(lay, prompt, open_from)
+    text = lay.kinds(prompt.size) == 0
+    lead = np.arange(prompt.size) >= open_from
+    words = text & lead & (prompt != lay.text_pad_id)
+    assert words.sum() >= 2  # " tomorrow" and " looks" were placed in the lead's groups
+    assert np.array_equal(opened, text & lead & ~words)
+    assert not generate.open_text_slots(lay, prompt, None).any()
+    assert not generate.open_text_slots(lay, prompt, 0)[0]  # nothing to predict position 0 from
+    assert generate.lead_groups(2.0, lay) == 5 and generate.lead_groups(0.5, lay) == 2
+
+
+def test_open_text_boundary_greedy_equals_step_by_step_reference(lm, tok):
+    lay = tok.layout
+    prompt = _mid_sentence_prompt(tok)
+    open_from = prompt.size - 5 * lay.group_len
+    n_new = 2 * lay.group_len
+    out = list(generate.stream_tokens(lm, lay, prompt, n_new, generate.Sampling.greedy(),
+                                      open_text_from=open_from))  # fmt: skip
+    assert len(out) == prompt.size - open_from + n_new
+    completed = np.concatenate([prompt[:open_from], out[: prompt.size - open_from]])
+    reference = _reference_open_text(lm, tok, prompt, open_from)
+    assert completed.tolist() == reference
+    opened = generate.open_text_slots(lay, prompt, open_from)
+    assert (completed[opened] != lay.text_pad_id).any()  # the model wrote words there
+    assert np.all(lay.kinds_of_ids(completed[opened]) == 0)  # text or TEXT_PAD only
+    assert np.array_equal(completed[~opened], prompt[~opened])  # audio and real words kept
+    # what follows is the plain continuation of the completed prompt
+    following = generate.generate(lm, lay, completed, n_new, generate.Sampling.greedy())
+    assert out[prompt.size - open_from :] == following
+    # without an open boundary the prompt stays as given and only new ids come
+    plain = generate.generate(lm, lay, prompt, n_new, generate.Sampling.greedy())
+    assert len(plain) == n_new
+
+
+def test_open_text_boundary_cached_equals_uncached_past_the_window(lm, tok):
+    lay = tok.layout
+    prompt = _mid_sentence_prompt(tok, groups=13, seed=1)  # 286 tokens > the 256 window
+    assert prompt.size > lm.config.sliding_window
+    open_from = prompt.size - 5 * lay.group_len
+    sampling = generate.Sampling(0.9, 0.9, top_k=50, seed=5)
+    stats = {}
+    cached = list(generate.stream_tokens(lm, lay, prompt, 30, sampling, stats=stats,
+                                         open_text_from=open_from))  # fmt: skip
+    uncached = list(generate.stream_tokens(lm, lay, prompt, 30, sampling, use_cache=False,
+                                           open_text_from=open_from))  # fmt: skip
+    assert cached == uncached
+    assert stats["cache_len"] < lm.config.sliding_window
+    tail = np.array(cached[: prompt.size - open_from])
+    opened = generate.open_text_slots(lay, prompt, open_from)[open_from:]
+    assert np.all(lay.kinds_of_ids(tail[opened]) == 0)
+    assert np.array_equal(tail[~opened], prompt[open_from:][~opened])
+
+
+def test_response_exposes_the_completed_prompt(lm, tok, codec):
+    lay = tok.layout
+    prompt = _mid_sentence_prompt(tok)
+    open_from = prompt.size - 5 * lay.group_len
+    groups = []
+    response = generate.respond(lm, tok, codec, prompt, max_s=0.8,
+                                sampling=generate.Sampling.greedy(), stop_silence_s=None,
+                                on_group=groups.append)  # fmt: skip
+    assert response.prompt_ids == _reference_open_text(lm, tok, prompt, open_from)
+    assert all(g["prompt_ids"] == response.prompt_ids for g in groups)
+    completed = np.array(response.prompt_ids)
+    opened = generate.open_text_slots(lay, prompt, open_from)
+    written = [int(i) for i in completed[opened] if i != lay.text_pad_id]
+    assert written and groups[0]["lead_ids"] == written
+    assert response.lead_text == tok.sp.decode(written) != ""
+    reply_words = [i for i in np.array(response.ids)[lay.kinds(len(response.ids)) == 0]
+                   if i != lay.text_pad_id]  # fmt: skip
+    assert response.text == tok.sp.decode(written + [int(i) for i in reply_words])
+    closed = generate.respond(lm, tok, codec, prompt, max_s=0.8,
+                              sampling=generate.Sampling.greedy(), stop_silence_s=None,
+                              open_text_s=0)  # fmt: skip
+    assert closed.prompt_ids == prompt.tolist() and closed.lead_text == ""
+    today = generate.generate(lm, lay, prompt, 2 * lay.group_len, generate.Sampling.greedy())
+    assert closed.ids == today  # open_text_s=0 is the old behaviour
+
+
+class _SilentCodec:
+    """Decodes every group to silence (the stop's worst case)."""
+
+    @contextmanager
+    def streaming_decoder(self):
+        yield lambda codes: np.zeros(codes.shape[1] * 1920, np.float32)
+
+
+def test_silence_stop_waits_for_the_lead(lm, tok):
+    prompt = _mid_sentence_prompt(tok)
+    sampling = generate.Sampling(seed=0)
+    response = generate.respond(lm, tok, _SilentCodec(), prompt, max_s=8.0, sampling=sampling,
+                                stop_silence_s=1.2)  # fmt: skip
+    assert response.stopped == "silence"
+    assert response.audio_s == pytest.approx(tok.text_lead_s + 1.2)  # lead, then 1.2 s quiet
+    early = generate.respond(lm, tok, _SilentCodec(), prompt, max_s=8.0, sampling=sampling,
+                             stop_silence_s=1.2, silence_from_s=0)  # fmt: skip
+    assert early.stopped == "silence" and early.audio_s == pytest.approx(1.2)
+
+
+def test_continuation_check_keeps_the_prompt_and_gives_back_a_memorised_stream(lm, tok, codec):
+    lay = tok.layout
+    prompt = _mid_sentence_prompt(tok)
+    truth = generate.generate(lm, lay, prompt, 5 * lay.group_len, generate.Sampling.greedy())
+    ids = np.concatenate([prompt, truth])  # a stream this model "memorised" (greedily)
+    check = generate.continuation_check(lm, tok, codec, ids, prompt_s=4.0, continue_s=2.0)
+    assert check["exact_share"] == 1.0
+    assert check["response"].prompt_ids == prompt.tolist()  # its text slots are the truth's
+
+
+def test_chat_reply_writes_the_lead_of_the_unanswered_audio(lm, tok, codec, monkeypatch):
+    lay = tok.layout
+    opened_s = []
+    respond = generate.respond
+    monkeypatch.setattr(chat, "respond", lambda *a, **kw: opened_s.append(kw["open_text_s"])
+                        or respond(*a, **kw))  # fmt: skip
+    session = chat.ChatSession(lm, tok, codec)  # no aligner: the prompt's text slots are pads
+    tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(24_000 * 3) / 24_000)).astype(np.float32)
+    said = session.say(tone[: int(24_000 * 2.8)])  # 7 groups
+    sampling = generate.Sampling(seed=2)
+    first = session.reply(0.8, sampling)
+    assert session.ids == first.prompt_ids + first.ids
+    before = np.array(said)
+    opened = generate.open_text_slots(lay, before, before.size - 5 * lay.group_len)
+    after = np.array(first.prompt_ids)
+    assert np.array_equal(after[~opened], before[~opened])  # the user's audio is untouched
+    assert (after[opened] != lay.text_pad_id).any() and first.lead_text
+    assert session.turns[-1]["text"] == first.text and first.text.startswith(first.lead_text)
+    # the next question is 0.8 s long: only its own 2 groups open, the earlier stream is kept
+    stream = list(session.ids)
+    session.say(tone[: 24_000 * 8 // 10])
+    second = session.reply(0.8, sampling)
+    assert second.prompt_ids[: len(stream)] == stream
+    # a reply right after a reply continues the model's own text as it is
+    third_prompt = list(session.ids)
+    assert session.reply(0.4, sampling).prompt_ids == third_prompt
+    assert opened_s == pytest.approx([tok.text_lead_s, 0.8, 0.0])
+    session.continue_from(said)  # a tokenized stream's text slots are complete already
+    session.reply(0.4, sampling)
+    assert opened_s[-1] == 0.0
