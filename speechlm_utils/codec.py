@@ -3,6 +3,12 @@
 Mimi compresses each 80 ms frame with a residual vector quantizer (RVQ): codebook 0 holds the
 *semantic* code (distilled from a speech model), codebooks 1..7 refine the *acoustic* detail,
 each one quantizing what the previous ones left over. We keep the first K (default 4).
+
+Mimi is causal, so a long recording is encoded as a stream: `StreamEncoder` feeds it 400 ms
+(one group of frames) at a time with Mimi's streaming state carried over, several recordings
+side by side in one batch, each lane reset on its own when a new recording starts. Steps of one
+group match Mimi's one-pass encode (up to float near-ties); much longer steps do not, because
+the encoder transformer's streaming cache then drops part of its 250-step context.
 """
 
 from __future__ import annotations
@@ -85,8 +91,51 @@ class Codec:
         return self.mimi.decode(codes.to(self.device, torch.long))[0, 0].float().cpu().numpy()
 
     @contextmanager
+    def stream_encoder(self, batch_size: int = 1, step_frames: int = 5) -> Iterator[StreamEncoder]:
+        """A context yielding a `StreamEncoder` over ``batch_size`` lanes."""
+        with torch.no_grad(), self.mimi.streaming(batch_size=batch_size):
+            yield StreamEncoder(self, batch_size, step_frames)
+
+    def encode_stream(self, wav: np.ndarray, step_frames: int = 5) -> torch.Tensor:
+        """One ``[T]`` 24 kHz waveform, zero-padded to whole steps, encoded as a stream (the way
+        stage 03 encodes videos) -> ``codes[K, ceil(T / 1920)]``."""
+        step = step_frames * self.frame_samples
+        padded = max(step, math.ceil(wav.size / step) * step)
+        x = torch.zeros(1, 1, padded)
+        x[0, 0, : wav.size] = torch.from_numpy(np.asarray(wav, dtype=np.float32))
+        with self.stream_encoder(1, step_frames) as encoder:
+            codes = encoder.encode(x)
+        return codes[0, :, : frames_for(wav.size)]
+
+    @contextmanager
     def streaming_decoder(self):
         """A context yielding ``decode(codes[K, n]) -> audio[n * 1920]`` that keeps Mimi's
         streaming state between calls (for audio that arrives group by group)."""
         with torch.no_grad(), self.mimi.streaming(batch_size=1):
             yield self._decode_step
+
+
+class StreamEncoder:
+    """Mimi's streaming encoder over ``batch_size`` lanes (see the module doc)."""
+
+    def __init__(self, codec: Codec, batch_size: int, step_frames: int):
+        self.codec, self.batch_size = codec, batch_size
+        self.step_samples = step_frames * codec.frame_samples
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """``wav[B, 1, T]`` (T a multiple of the step), continuing each lane's stream ->
+        ``codes[B, K, T / 1920]`` on the CPU."""
+        if wav.dim() != 3 or wav.shape[0] != self.batch_size or wav.shape[-1] % self.step_samples:
+            raise ValueError(f"expected wav [{self.batch_size}, 1, n * {self.step_samples}], "
+                             f"got {tuple(wav.shape)}")  # fmt: skip
+        wav = wav.to(self.codec.device, torch.float32)
+        steps = [self.codec.mimi.encode(wav[..., i : i + self.step_samples])
+                 for i in range(0, wav.shape[-1], self.step_samples)]  # fmt: skip
+        return torch.cat(steps, dim=-1).cpu()
+
+    def reset(self, lanes: list[int]) -> None:
+        """Start fresh streams in ``lanes`` (the others keep their state)."""
+        if lanes:
+            mask = torch.zeros(self.batch_size, dtype=torch.bool)
+            mask[lanes] = True
+            self.codec.mimi.reset_streaming(mask)

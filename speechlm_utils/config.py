@@ -7,7 +7,9 @@ Two profiles run the same code:
 
 ``SPEECHLM_PROFILE=tiny|full`` picks one; unset, it is ``full`` when CUDA is available and
 ``tiny`` elsewhere. ``SPEECHLM_DATA_DIR`` moves the data root (default: ``data/`` of the
-checkout the current directory is in, else ``./data``).
+checkout the current directory is in, else ``./data``). The profiles never share generated
+data: the full profile writes into the root itself, the tiny one into ``<root>/tiny/``, so a
+demo run can never leave random-codec tokens where a full run would train on them.
 """
 
 from __future__ import annotations
@@ -64,12 +66,21 @@ def demo_dir() -> Path:
     return path
 
 
-def default_data_dir() -> Path:
-    """``$SPEECHLM_DATA_DIR``, else ``<checkout>/data``, else ``./data``."""
+def default_data_dir(profile: str | None = None) -> Path:
+    """The data root of ``profile`` (resolved as in `resolve_profile`): ``$SPEECHLM_DATA_DIR``,
+    else ``<checkout>/data``, else ``./data``; with ``tiny/`` appended for the tiny profile."""
     if os.environ.get(DATA_DIR_ENV):
-        return Path(os.environ[DATA_DIR_ENV]).expanduser().resolve()
-    root = find_repo_root()
-    return (root / "data") if root else (Path.cwd() / "data").resolve()
+        base = Path(os.environ[DATA_DIR_ENV]).expanduser().resolve()
+    else:
+        root = find_repo_root()
+        base = (root / "data") if root else (Path.cwd() / "data").resolve()
+    return base / "tiny" if resolve_profile(profile) == "tiny" else base
+
+
+def search_terms_file(data_dir: Path) -> Path:
+    """``searches.txt`` in ``data_dir`` when the user keeps one there, else the shipped list."""
+    own = Path(data_dir) / "searches.txt"
+    return own if own.is_file() else Path(__file__).resolve().parents[1] / "data" / "searches.txt"
 
 
 def describe_device() -> str:
@@ -129,8 +140,9 @@ class StageConfig:
         resolved = resolve_profile(profile)
         values = dict(cls._tiny) if resolved == "tiny" else {}
         values.update(overrides)
-        if "data_dir" in values:
-            values["data_dir"] = Path(values["data_dir"]).expanduser().resolve()
+        if values.get("data_dir") is None:  # each profile its own generated data
+            values["data_dir"] = default_data_dir(resolved)
+        values["data_dir"] = Path(values["data_dir"]).expanduser().resolve()
         return cls(profile=resolved, **values)
 
     def replace(self, **changes):
@@ -217,10 +229,10 @@ class TokenizeConfig(StageConfig):
     frames_per_group: int = 5  # Mimi frames (80 ms each) per group
     text_slots_per_group: int = 2  # text tokens per group, before its audio tokens
     text_lead_s: float = 2.0  # a word's text comes this long before its sound
-    batch_size: int = 16  # chunks per Mimi/Whisper batch
-    workers: int = 4  # DataLoader processes decoding audio
+    batch_size: int = 16  # videos encoded side by side (Mimi lanes); chunks per Whisper batch
+    workers: int = 4  # threads decoding chunks (each runs ffmpeg)
     text_source: str = "whisper"  # whisper | captions (any stored timed text) | sidecar
-    min_duration_s: float = 1.0  # shorter chunks are skipped (a chunk's tail sliver)
+    min_duration_s: float = 1.0  # shorter streams (runs of good chunks) are skipped
     silence_dbfs: float = -60.0  # quieter chunks are skipped as silent
 
     # tiny: the demo's true transcripts (the random Whisper would write nonsense)
@@ -242,7 +254,9 @@ class TrainConfig(StageConfig):
     lora_r: int | None = 64  # LoRA rank, or None to train every kept weight
     keep_every: int | None = None  # layer pruning: keep every n-th layer
     keep_layers: tuple[int, ...] | None = None  # or exactly these layers
-    loss_weights: tuple[float, float, float, float] = (1.0, 0.1, 1.0, 0.5)  # text pad sem ac
+    # (text, pad, semantic, acoustic): text weighs the choice of word, pad the word-or-pad
+    # decision in every text slot alike (pad odds stay calibrated; see train.weighted_loss)
+    loss_weights: tuple[float, float, float, float] = (1.0, 0.5, 1.0, 0.5)
     grad_checkpointing: bool = True  # recompute activations in backward: fits 4k x 7B
     compile: bool = False  # torch.compile the model
     fsdp: bool = False  # under torchrun: shard the model (full 7B) instead of DDP
@@ -287,3 +301,9 @@ class ChatConfig(StageConfig):
     seed: int | None = None
 
     _tiny: ClassVar[dict] = {"max_response_s": 4.0}
+
+
+def ffmpeg_choice() -> str | None:
+    """``$SPEECHLM_FFMPEG``: ``system``, ``bundled`` (imageio-ffmpeg's) or an ffmpeg binary's
+    path; None when unset (then the system one if present, else the bundled one)."""
+    return os.environ.get("SPEECHLM_FFMPEG", "").strip() or None

@@ -1,12 +1,13 @@
 """Training windows over the token files: split by video, cut at group boundaries, packed.
 
-Each video's chunks are joined in time order into one stream (a gap where a chunk was dropped
-starts a new stream), and every stream is cut into windows of ``seq_len`` tokens, a whole
-number of groups, so every window starts at a group boundary and a position's kind is the same
-in every window. The last piece of a stream is filled by ending the window at the stream's
-end (overlapping the previous window) instead of padding; streams shorter than a window are
-packed together. Padding (label -100) appears only when a whole split is shorter than one
-window. Train and validation are split by video id, so no episode is on both sides.
+Stage 03 stores each video's token stream in pieces (one per chunk); joined in order they are
+the stream itself (see `preprocess`), so windows cross piece boundaries freely. A video may
+hold several streams where its audio broke (a dropped or bad chunk). Every stream is cut into
+windows of ``seq_len`` tokens, a whole number of groups, so every window starts at a group
+boundary and a position's kind is the same in every window. The last window of a stream is
+filled by ending it at the stream's end (overlapping the previous window) instead of padding;
+streams shorter than a window are packed together. Padding (label -100) appears only when a
+whole split is shorter than one window. Train and validation are split by video id, so no episode is on both sides.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from .manifest import shard_of
-from .preprocess import read_token_manifests
+from .preprocess import stream_pieces
 from .tokenizer import TokenLayout
 
 IGNORE = -100  # label of a padded position
@@ -39,28 +40,15 @@ def split_videos(video_ids: list[str], val_fraction: float, seed: int = 0) -> se
     return val
 
 
-def video_streams(records: list[dict], tokens_root: str | Path,
-                  max_gap_s: float = 0.5) -> list[tuple[str, list[Path]]]:  # fmt: skip
-    """(video id, token files in time order) per contiguous run of a video's chunks."""
-    by_video: dict[str, list[dict]] = {}
+def video_streams(records: list[dict], tokens_root: str | Path) -> list[tuple[str, list[Path]]]:
+    """(video id, token files in order) per stream, from piece records (`stream_pieces`)."""
+    streams: dict[tuple[str, int], list[dict]] = {}
     for r in records:
-        if r.get("status") == "ok":
-            by_video.setdefault(r["video_id"], []).append(r)
-    streams = []
-    for vid in sorted(by_video):
-        chunks = sorted(by_video[vid], key=lambda r: r["chunk"])  # names carry the index
-        run: list[Path] = []
-        previous_end = None
-        for r in chunks:
-            start = r.get("start_s")
-            if run and start is not None and previous_end is not None and \
-                    abs(start - previous_end) > max_gap_s:  # fmt: skip
-                streams.append((vid, run))
-                run = []
-            run.append(Path(tokens_root) / r["tokens"])
-            previous_end = None if start is None else start + r["duration_s"]
-        streams.append((vid, run))
-    return streams
+        if r.get("type") == "piece" and r.get("status") == "ok":
+            streams.setdefault((r["video_id"], r.get("stream", 0)), []).append(r)
+    root = Path(tokens_root)
+    return [(vid, [root / r["tokens"] for r in sorted(pieces, key=lambda r: r["piece"])])
+            for (vid, _), pieces in sorted(streams.items())]  # fmt: skip
 
 
 @dataclass
@@ -172,13 +160,13 @@ class Splits:
 def load_splits(tokens_root: str | Path, layout: TokenLayout, seq_len: int,
                 val_fraction: float = 0.1, seed: int = 0,
                 train_chunks: int | None = None) -> Splits:  # fmt: skip
-    """Train/validation windows from every token manifest under ``tokens_root``'s parent.
-    ``train_chunks`` keeps only the first N training chunks (to overfit on purpose)."""
+    """Train/validation windows from the pieces stored in ``tokens_root``.
+    ``train_chunks`` keeps only the first N training pieces (to overfit on purpose)."""
     if seq_len % layout.group_len:
         fit = seq_len // layout.group_len * layout.group_len
         raise ValueError(f"seq_len {seq_len} must be a multiple of the group length "
                          f"{layout.group_len} (e.g. {fit})")
-    records = [r for r in read_token_manifests(tokens_root) if r.get("status") == "ok"]
+    records = stream_pieces(tokens_root)
     if not records:
         raise FileNotFoundError(f"no tokenized chunks under {tokens_root}: run `tokenize` first")
     val_videos = split_videos([r["video_id"] for r in records], val_fraction, seed)
@@ -186,7 +174,7 @@ def load_splits(tokens_root: str | Path, layout: TokenLayout, seq_len: int,
     for name, is_val in (("train", False), ("val", True)):
         mine = [r for r in records if (r["video_id"] in val_videos) == is_val]
         if not is_val and train_chunks:
-            mine = sorted(mine, key=lambda r: (r["video_id"], r["chunk"]))[:train_chunks]
+            mine = mine[:train_chunks]  # stream order: the first pieces of the first video
         streams = video_streams(mine, tokens_root)
         streams = [s for s in streams if s[1]]
         windows, pad = cut_windows(streams, seq_len) if streams else ([], 0)

@@ -1,13 +1,31 @@
-"""Stage 03's run: audio chunks -> interleaved token files, ready for training.
+"""Stage 03's run: each video's audio chunks -> one interleaved token stream, stored in pieces.
 
-A torch DataLoader's worker processes read and decode chunks (ffmpeg; 24 kHz for Mimi, 16 kHz
-for Whisper) while the main process runs Mimi and Whisper on the device, on batches of chunks
-of similar length. Each chunk becomes ``tokens/<hh>/<hash>.npy`` (uint16 ids for the default
-layout), where the hash covers the chunk's bytes and everything that changes the ids (layout,
-text tokenizer, models), and one line in ``tokens.jsonl``: chunk, video id, hash, n_tokens,
-duration, the words and their times, status and reason. Empty, corrupt, silent and too-short
-chunks are recorded and skipped. A re-run skips chunks already recorded with the same config.
-Under ``torchrun``, each rank takes its shard on its own GPU.
+A video is tokenized as one stream, however its audio was chunked, so that its stored pieces,
+joined by ``start_s``, equal tokenizing its whole audio at once:
+
+- **Audio.** Each chunk's decoded samples go at the chunk's real start on the video's timeline,
+  and Mimi encodes the video as a stream (`codec.StreamEncoder`), its causal state carried
+  across chunk seams. On a GPU several videos run side by side as the lanes of one batch, a
+  lane reset on its own when its next video starts (batched GPU kernels may flip a float
+  near-tie between codes depending on a batch's make-up); on a CPU, where batching gains
+  nothing, one lane runs, so a run's result never depends on how work was split or resumed.
+  No silence is inserted at seams: only the end
+  of a stream is padded to a whole 400 ms group.
+- **Words.** Each chunk's timed words (Whisper, captions or a transcript) move to the video's
+  timeline and are placed over the whole stream, so a chunk's last text slots carry the next
+  chunk's first words (the 2 s lead does not stop at a seam).
+- **Storage.** The stream is cut back into pieces at the group nearest each chunk's start:
+  ``<root>/<hh>/<hash>.npy`` and one manifest line per piece (``video_id``, ``stream``,
+  ``piece``, ``start_s``, ``tokens``, ``n_tokens``, the words and text statistics).
+
+A stream breaks only where the audio does: a corrupt, empty or silent chunk, or a gap between
+chunks (one the speech filter dropped), ends it, and the next good chunk starts a new stream.
+
+The token root is self-contained: ``layout.json`` (everything that changes the ids: layout,
+text tokenizer, models, text source) and the manifests live inside it, and a root holds one
+configuration: a run with another one is refused with a message. Resume: a video's pieces count
+once its closing ``video`` line is written; a video in flight at a crash is redone whole.
+``--shard i/n`` and torchrun ranks split the work by video and write their own manifests.
 """
 
 from __future__ import annotations
@@ -16,13 +34,14 @@ import hashlib
 import json
 import math
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .align import Aligner
 from .audio import (
     MIMI_FRAME_SAMPLES,
     MIMI_SAMPLE_RATE_HZ,
@@ -30,21 +49,29 @@ from .audio import (
     AudioDecodeError,
     load_audio,
 )
-from .codec import Codec
 from .config import ModelsConfig, TokenizeConfig
 from .manifest import JsonlWriter, atomic_path, in_shard, read_jsonl, write_json_atomic
 from .scrape import read_chunk_listings
 from .tokenizer import SpeechTokenizer
 from .words import Word
 
+TEXT_SOURCES = ("whisper", "captions", "sidecar")
+LAYOUT_FILE = "layout.json"  # the token root's one configuration
+MAX_GAP_S = 0.5  # a larger gap between a chunk's end and the next one's start breaks the stream
+ROUND_S = 20.0  # audio per lane per batch round (encoded in 400 ms streaming steps)
+
+
+class TokenRootError(ValueError):
+    """A token root that holds another configuration's tokens."""
+
 
 def list_chunk_items(chunks_root: str | Path) -> list[dict]:
-    """Every chunk the scrape stage finished: path, path relative to the root, video id,
-    nominal duration."""
+    """Every chunk the scrape stage finished, in time order per video: path, path relative to
+    the root, video id, start and nominal duration, stored words."""
     root = Path(chunks_root)
     items = []
     for listing in read_chunk_listings(root):
-        for chunk in listing["chunks"]:
+        for chunk in sorted(listing["chunks"], key=lambda c: c["start_s"]):
             path = listing["folder"] / chunk["file"]
             items.append({"path": str(path), "chunk": str(path.relative_to(root)),
                           "video_id": listing["id"], "start_s": chunk["start_s"],
@@ -52,9 +79,6 @@ def list_chunk_items(chunks_root: str | Path) -> list[dict]:
                           "stored_text": listing.get("text_source") if "words" in chunk else None,
                           "stored_words": chunk.get("words")})  # fmt: skip
     return items
-
-
-TEXT_SOURCES = ("whisper", "captions", "sidecar")
 
 
 def stored_words(item: dict, text_source: str) -> tuple[str, list[Word]] | None:
@@ -70,90 +94,207 @@ def stored_words(item: dict, text_source: str) -> tuple[str, list[Word]] | None:
     return label, [Word(t, s, e) for t, s, e in item["stored_words"]]
 
 
+# -- the token root ---------------------------------------------------------------------------
+
+
+def root_spec(tokenizer: SpeechTokenizer, models: ModelsConfig, text_source: str) -> dict:
+    """What a token root records about its configuration (`layout.json`)."""
+    if text_source not in TEXT_SOURCES:
+        raise ValueError(f"text_source {text_source!r}: use one of {', '.join(TEXT_SOURCES)}")
+    return {**tokenizer.fingerprint(), "text_source": text_source, "lm": str(models.lm),
+            "mimi": str(models.mimi), "whisper": str(models.whisper)}  # fmt: skip
+
+
+def config_digest(tokenizer: SpeechTokenizer, models: ModelsConfig, text_source: str) -> str:
+    """A short hash of everything that changes the ids (model files by name, so a moved data
+    directory keeps its digest)."""
+    spec = root_spec(tokenizer, models, text_source)
+    spec.update(lm=None, mimi=Path(models.mimi).name, whisper=Path(models.whisper).name)
+    return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _describe(spec: dict) -> str:
+    return (f"text tokenizer {spec.get('text_tokenizer_sha1')} from {spec.get('lm')}, "
+            f"K={spec.get('num_codebooks')}, {spec.get('text_slots_per_group')} text slots, "
+            f"lead {spec.get('text_lead_s')} s, text from {spec.get('text_source')}, "
+            f"Mimi {Path(str(spec.get('mimi'))).name}")  # fmt: skip
+
+
+def claim_token_root(tokens_root: str | Path, spec: dict, digest: str) -> None:
+    """Record ``spec`` as the root's configuration, or refuse a root that holds another one."""
+    path = Path(tokens_root) / LAYOUT_FILE
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("digest") != digest:
+            raise TokenRootError(
+                f"{tokens_root} already holds tokens of another configuration "
+                f"({_describe(old)}); this run's is ({_describe(spec)}). One token root holds "
+                f"one layout: tokenize into a root of its own (--out DIR), or delete "
+                f"{tokens_root} to start over.")  # fmt: skip
+        return
+    write_json_atomic(path, {"digest": digest, **spec})
+
+
+def read_token_layout(tokens_root: str | Path) -> dict:
+    """A token root's `layout.json`: the fingerprint, text source and models it was made with."""
+    path = Path(tokens_root) / LAYOUT_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{tokens_root} holds no tokens ({LAYOUT_FILE} is missing): "
+                                "run `tokenize` (notebook 03) first")  # fmt: skip
+    return json.loads(path.read_text())
+
+
 def manifest_path(tokens_root: str | Path, shard: tuple[int, int] = (0, 1),
                   rank: tuple[int, int] = (0, 1)) -> Path:  # fmt: skip
-    """``data/tokens.jsonl`` beside ``data/tokens``; a shard or a torchrun rank writes its own
-    (``tokens.i-of-n.jsonl``, ``tokens.i-of-n.rank-r-of-w.jsonl``)."""
-    name = "tokens"
+    """``<root>/manifest.jsonl``; a shard or a torchrun rank writes its own
+    (``manifest.i-of-n.jsonl``, ``manifest.i-of-n.rank-r-of-w.jsonl``)."""
+    name = "manifest"
     if shard[1] > 1 or rank[1] > 1:
         name += f".{shard[0]}-of-{shard[1]}"
     if rank[1] > 1:
         name += f".rank-{rank[0]}-of-{rank[1]}"
-    return Path(tokens_root).parent / f"{name}.jsonl"
+    return Path(tokens_root) / f"{name}.jsonl"
 
 
 def read_token_manifests(tokens_root: str | Path) -> list[dict]:
-    """Every record of every shard's manifest; the last record of a chunk+config wins."""
-    records = {}
-    for path in sorted(Path(tokens_root).parent.glob("tokens*.jsonl")):
+    """The latest record of everything in every manifest of the root: pieces (``status`` ok)
+    of finished videos, chunks that could not be used (failed, skipped) and one ``video`` line
+    per finished video. Pieces come in stream order (video, stream, piece)."""
+    latest: dict[tuple, dict] = {}
+    for path in sorted(Path(tokens_root).glob("manifest*.jsonl")):
         for r in read_jsonl(path):
-            records[(r.get("chunk"), r.get("config"))] = r
-    return list(records.values())
+            latest[(r.get("type"), r.get("video_id"), r.get("chunk"))] = r
+    done = {r["video_id"] for r in latest.values() if r.get("type") == "video"}
+    records = [r for r in latest.values() if r.get("type") != "piece" or r["video_id"] in done]
+    return sorted(records, key=lambda r: (r.get("video_id") or "", r.get("type") != "piece",
+                                          r.get("stream", 0), r.get("piece", 0)))  # fmt: skip
 
 
-def config_digest(tokenizer: SpeechTokenizer, models: ModelsConfig, text_source: str) -> str:
-    """A short hash of everything that changes the ids of a chunk."""
-    spec = {**tokenizer.fingerprint(), "mimi": Path(models.mimi).name,
-            "whisper": Path(models.whisper).name, "text_source": text_source}  # fmt: skip
-    if text_source not in TEXT_SOURCES:
-        raise ValueError(f"text_source {text_source!r}: use one of {', '.join(TEXT_SOURCES)}")
-    return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+def stream_pieces(tokens_root: str | Path) -> list[dict]:
+    """The stored pieces of finished videos, in stream order."""
+    return [r for r in read_token_manifests(tokens_root) if r.get("type") == "piece"]
 
 
-def chunk_hash(data: bytes, digest: str) -> str:
-    return hashlib.sha1(data + digest.encode()).hexdigest()
+def load_tokens(tokens_root: str | Path, record: dict) -> np.ndarray:
+    """A piece's ids as int64, from its manifest record."""
+    return np.load(Path(tokens_root) / record["tokens"]).astype(np.int64)
 
 
-class ChunkDataset(torch.utils.data.Dataset):
-    """Reads and decodes one chunk per item (in DataLoader workers); never raises for a bad
-    chunk: its ``status`` says what is wrong."""
-
-    def __init__(self, items: list[dict], digest: str, min_duration_s: float,
-                 silence_dbfs: float, text_source: str = "whisper"):  # fmt: skip
-        self.items, self.digest = items, digest
-        self.min_duration_s, self.silence_dbfs = min_duration_s, silence_dbfs
-        self.text_source = text_source
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        item = dict(self.items[i])
-        path = Path(item["path"])
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            return {**item, "status": "failed", "reason": f"unreadable: {err.strerror}"}
-        item["hash"] = chunk_hash(data, self.digest)
-        if not data:
-            return {**item, "status": "failed", "reason": "empty file (0 bytes)"}
-        try:
-            wav24 = load_audio(path, MIMI_SAMPLE_RATE_HZ)
-            needs_whisper = stored_words(item, self.text_source) is None
-            wav16 = load_audio(path, WHISPER_SAMPLE_RATE_HZ) if needs_whisper else None
-        except AudioDecodeError as err:
-            return {**item, "status": "failed", "reason": f"corrupt: {str(err).split(': ', 1)[-1]}"}
-        item["duration_s"] = wav24.size / MIMI_SAMPLE_RATE_HZ
-        if item["duration_s"] < self.min_duration_s:
-            return {**item, "status": "skipped",
-                    "reason": f"too short ({item['duration_s']:.2f} s)"}  # fmt: skip
-        rms_db = 20 * math.log10(max(float(np.sqrt(np.mean(wav24**2))), 1e-10))
-        if rms_db < self.silence_dbfs:
-            return {**item, "status": "skipped", "reason": f"silent ({rms_db:.0f} dBFS)"}
-        return {**item, "status": "ready", "wav24": wav24, "wav16": wav16}
+def words_of(record: dict) -> list[Word]:
+    """The timed words stored in a piece's record (times relative to the piece's start)."""
+    return [Word(t, s, e, p) for t, s, e, p in record.get("words", [])]
 
 
-def length_batches(items: list[dict], batch_size: int) -> list[list[int]]:
-    """Indices in batches of similar duration (less padding in Mimi and Whisper)."""
-    order = sorted(range(len(items)), key=lambda i: (-items[i]["duration_s"], items[i]["chunk"]))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+def piece_audio(chunks_root: str | Path, record: dict,
+                sample_rate_hz: int = MIMI_SAMPLE_RATE_HZ) -> np.ndarray:  # fmt: skip
+    """The audio under a piece, from its chunk's file: shifted to the piece's start (pieces
+    begin on a 400 ms group, within 200 ms of their chunk's start). ``[T]`` float32."""
+    wav = load_audio(Path(chunks_root) / record["chunk"], sample_rate_hz)
+    shift = round((record["start_s"] - record["chunk_start_s"]) * sample_rate_hz)
+    return wav[shift:] if shift >= 0 else np.concatenate([np.zeros(-shift, np.float32), wav])
+
+
+# -- reading chunks -----------------------------------------------------------------------------
+
+
+def read_chunk(item: dict, needs_whisper: bool, silence_dbfs: float,
+               min_silent_s: float = 1.0) -> dict:  # fmt: skip
+    """One chunk decoded (in a worker thread: ffmpeg does the work); never raises for a bad
+    chunk: ``status`` is ready, failed or skipped, with a ``reason``. A silent chunk of at least
+    ``min_silent_s`` is skipped (dead air ends a stream); a quiet sliver stays in its stream."""
+    path = Path(item["path"])
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return {**item, "status": "failed", "reason": f"unreadable: {err.strerror}"}
+    if not data:
+        return {**item, "status": "failed", "reason": "empty file (0 bytes)"}
+    sha1 = hashlib.sha1(data).hexdigest()
+    try:
+        wav24 = load_audio(path, MIMI_SAMPLE_RATE_HZ)
+        wav16 = load_audio(path, WHISPER_SAMPLE_RATE_HZ) if needs_whisper else None
+    except AudioDecodeError as err:
+        return {**item, "status": "failed", "reason": f"corrupt: {str(err).split(': ', 1)[-1]}"}
+    rms_db = 20 * math.log10(max(float(np.sqrt(np.mean(wav24**2))), 1e-10))
+    if rms_db < silence_dbfs and wav24.size >= min_silent_s * MIMI_SAMPLE_RATE_HZ:
+        return {**item, "status": "skipped", "reason": f"silent ({rms_db:.0f} dBFS)"}
+    return {**item, "status": "ready", "sha1": sha1, "wav24": wav24, "wav16": wav16}
+
+
+# -- one stream ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Stream:
+    """A run of consecutive good chunks of one video, encoded as one stream."""
+
+    video_id: str
+    index: int  # the stream's number in its video
+    start_s: float  # video time of the stream's first sample
+    chunks: list[dict] = field(default_factory=list)  # ready chunks, with ``offset`` samples
+    pending: deque = field(default_factory=deque)  # audio placed, not yet fed to Mimi
+    pending_samples: int = 0
+    placed_samples: int = 0  # timeline length so far
+    codes: list[torch.Tensor] = field(default_factory=list)  # [K, n] per round
+    ending: bool = False  # no more audio comes: feed the rest, then finish
+
+    def end_s(self) -> float:
+        return self.start_s + self.placed_samples / MIMI_SAMPLE_RATE_HZ
+
+    def add(self, chunk: dict) -> None:
+        """Place a chunk's audio at its real start (a small gap becomes zeros, an overlap is cut
+        from the new chunk's head, so the timeline stays true to the chunk starts)."""
+        offset = round((chunk["start_s"] - self.start_s) * MIMI_SAMPLE_RATE_HZ)
+        wav = chunk.pop("wav24")
+        if offset > self.placed_samples:
+            self._push(np.zeros(offset - self.placed_samples, np.float32))
+        else:
+            wav = wav[self.placed_samples - offset :]
+        chunk["offset"] = offset
+        self.chunks.append(chunk)
+        self._push(wav)
+
+    def _push(self, wav: np.ndarray) -> None:
+        if wav.size:
+            self.pending.append(wav)
+            self.pending_samples += wav.size
+            self.placed_samples += wav.size
+
+    def take(self, n: int) -> np.ndarray:
+        """The next up to ``n`` pending samples."""
+        out, got = [], 0
+        while self.pending and got < n:
+            wav = self.pending.popleft()
+            if got + wav.size > n:
+                self.pending.appendleft(wav[n - got :])
+                wav = wav[: n - got]
+            out.append(wav)
+            got += wav.size
+        self.pending_samples -= got
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+@dataclass
+class _Lane:
+    """One batch lane: the video it works on, its decoding futures and its current stream."""
+
+    video: dict | None = None
+    position: int = 0  # next chunk to submit for decoding
+    futures: deque = field(default_factory=deque)
+    carry: dict | None = None  # a chunk read that belongs to the next stream
+    stream: _Stream | None = None
+    streams: int = 0  # streams started in this video
+    pieces: int = 0
 
 
 @dataclass
 class TokenizeSummary:
     chunks_total: int = 0
-    done_before: int = 0
-    ok: int = 0
+    done_before: int = 0  # chunks of videos finished in an earlier run
+    videos: int = 0  # finished in this run
+    streams: int = 0
+    seams: int = 0  # chunk boundaries joined inside streams
+    ok: int = 0  # pieces stored (one per good chunk)
     skipped: dict[str, str] = field(default_factory=dict)  # chunk -> reason
     failed: dict[str, str] = field(default_factory=dict)
     audio_s: float = 0.0
@@ -168,135 +309,300 @@ class TokenizeSummary:
         return self.audio_s / self.seconds if self.seconds else 0.0
 
     def __str__(self) -> str:
-        pad = float(np.mean(self.pad_shares)) if self.pad_shares else float("nan")
-        lines = [
-            f"chunks: {self.ok} ok, {len(self.skipped)} skipped, {len(self.failed)} failed, "
-            f"{self.done_before} done before, of {self.chunks_total}",
-            f"audio: {self.audio_s / 60:.1f} min -> {self.tokens:,} tokens in {self.seconds:.1f} s "
-            f"({self.realtime_factor:.1f}x realtime)",
-            f"text: mean pad share {pad:.2f}, largest spill lag {self.max_lag_s:.1f} s, "
-            f"{self.overflow_tokens} tokens did not fit",
-        ]
+        lines = [f"chunks: {self.ok} stored, {len(self.skipped)} skipped, {len(self.failed)} "
+                 f"failed, {self.done_before} done before, of {self.chunks_total}"]  # fmt: skip
+        if self.videos:
+            pad = float(np.mean(self.pad_shares)) if self.pad_shares else 0.0
+            lines += [
+                f"videos: {self.videos} as {self.streams} stream(s), {self.seams} chunk seams "
+                "joined inside them",
+                f"audio: {self.audio_s / 60:.1f} min -> {self.tokens:,} tokens in "
+                f"{self.seconds:.1f} s ({self.realtime_factor:.1f}x realtime)",
+                f"text: mean pad share {pad:.2f}, largest spill lag {self.max_lag_s:.1f} s, "
+                f"{self.overflow_tokens} tokens did not fit",
+            ]  # fmt: skip
         for kind, reasons in (("skipped", self.skipped), ("failed", self.failed)):
             for chunk, reason in list(reasons.items())[:5]:
                 lines.append(f"  {kind}: {chunk}: {reason}")
         return "\n".join(lines)
 
 
+class _Run:
+    """The state of one `run_tokenize` call (see the module doc)."""
+
+    def __init__(self, cfg, tokenizer, digest, tokens_root, writer, codec, aligner, summary,
+                 bar, pool):  # fmt: skip
+        self.cfg, self.tokenizer, self.digest = cfg, tokenizer, digest
+        self.tokens_root, self.writer, self.codec = tokens_root, writer, codec
+        self.aligner, self.summary, self.bar, self.pool = aligner, summary, bar, pool
+        lay = tokenizer.layout
+        self.group_samples = lay.frames_per_group * MIMI_FRAME_SAMPLES
+        self.round_samples = max(1, round(ROUND_S / lay.group_duration_s)) * self.group_samples
+        self.prefetch = 2 + math.ceil(ROUND_S / 10.0)  # decoded chunks kept ahead per lane
+        self.to_align: list[dict] = []
+
+    # -- feeding lanes --
+
+    def _submit(self, lane: _Lane) -> None:
+        chunks = lane.video["chunks"]
+        while lane.position < len(chunks) and len(lane.futures) < self.prefetch:
+            item = chunks[lane.position]
+            needs = stored_words(item, self.cfg.text_source) is None
+            lane.futures.append(self.pool.submit(read_chunk, item, needs, self.cfg.silence_dbfs,
+                                                 self.cfg.min_duration_s))  # fmt: skip
+            lane.position += 1
+
+    def _next_chunk(self, lane: _Lane) -> dict | None:
+        if lane.carry is not None:
+            chunk, lane.carry = lane.carry, None
+            return chunk
+        self._submit(lane)
+        if not lane.futures:
+            return None
+        future: Future = lane.futures.popleft()
+        chunk = future.result()
+        self._submit(lane)
+        return chunk
+
+    def prepare(self, lane: _Lane, videos: deque, resets: list[int], index: int) -> None:
+        """Give the lane a round of audio: pull decoded chunks until its stream holds one
+        round's samples, or mark the stream ``ending``; start videos and streams as needed."""
+        def wants_audio() -> bool:
+            s = lane.stream
+            return s is None or (not s.ending and s.pending_samples < self.round_samples)
+
+        while wants_audio():
+            if lane.video is None:
+                if not videos:
+                    return
+                lane.video, lane.position, lane.streams, lane.pieces = videos.popleft(), 0, 0, 0
+            chunk = self._next_chunk(lane)
+            if chunk is None:  # the video has no more chunks
+                if lane.stream is not None:
+                    lane.stream.ending = True
+                    return
+                self.finish_video(lane)
+                continue
+            if chunk["status"] != "ready":
+                self.record_problem(chunk)
+                if lane.stream is not None:
+                    lane.stream.ending = True
+                    return
+                continue
+            stream = lane.stream
+            if stream is not None and chunk["start_s"] - stream.end_s() > MAX_GAP_S:
+                lane.carry, stream.ending = chunk, True  # a gap: this chunk starts the next one
+                return
+            if stream is None:
+                lane.stream = stream = _Stream(chunk["video_id"], lane.streams, chunk["start_s"])
+                lane.streams += 1
+                resets.append(index)
+            stream.add(chunk)
+            if chunk.get("wav16") is not None:
+                self.to_align.append(chunk)
+
+    def align_pending(self) -> None:
+        """Whisper's words for the chunks read so far that need them, in batches."""
+        size = max(1, self.cfg.batch_size)
+        for i in range(0, len(self.to_align), size):
+            batch = self.to_align[i : i + size]
+            for chunk, words in zip(batch, self.aligner.align([c.pop("wav16") for c in batch])):
+                chunk["words"], chunk["text_source"] = words, "whisper"
+        self.to_align = []
+
+    # -- one round of Mimi over all lanes --
+
+    def encode_round(self, lanes: list[_Lane], encoder, resets: list[int]) -> None:
+        active = [(i, lane.stream) for i, lane in enumerate(lanes) if lane.stream is not None]
+        need = max(min(s.pending_samples, self.round_samples) for _, s in active)
+        n = max(self.group_samples, math.ceil(need / self.group_samples) * self.group_samples)
+        wav = torch.zeros(len(lanes), 1, n)
+        for i, stream in active:
+            piece = stream.take(n)
+            wav[i, 0, : piece.size] = torch.from_numpy(piece)
+            self.bar.update(piece.size / MIMI_SAMPLE_RATE_HZ)
+        encoder.reset(resets)
+        codes = encoder.encode(wav)  # [B, K, n / 1920]
+        for i, stream in active:
+            stream.codes.append(codes[i])
+
+    def finish_streams(self, lanes: list[_Lane]) -> None:
+        for lane in lanes:
+            stream = lane.stream
+            if stream is not None and stream.ending and stream.pending_samples == 0:
+                self.write_stream(lane, stream)
+                lane.stream = None
+
+    # -- writing --
+
+    def write_stream(self, lane: _Lane, stream: _Stream) -> None:
+        """Tokenize a finished stream as a whole and store it in pieces, one per chunk."""
+        lay, sr = self.tokenizer.layout, MIMI_SAMPLE_RATE_HZ
+        seconds = stream.placed_samples / sr
+        if seconds < self.cfg.min_duration_s:
+            for chunk in stream.chunks:
+                self.record_problem({**chunk, "status": "skipped",
+                                     "reason": f"too short ({seconds:.2f} s of audio in its "
+                                               "stream)"})  # fmt: skip
+            return
+        groups = math.ceil(stream.placed_samples / self.group_samples)
+        codes = torch.cat(stream.codes, dim=-1)[:, : groups * lay.frames_per_group].numpy()
+        words, sources = [], []
+        for chunk in stream.chunks:
+            offset_s = chunk["offset"] / sr
+            chunk_words = chunk["words"] if "words" in chunk else \
+                stored_words(chunk, self.cfg.text_source)[1]  # fmt: skip
+            sources.append(chunk.get("text_source") or
+                           stored_words(chunk, self.cfg.text_source)[0])  # fmt: skip
+            words += [w.shifted(offset_s) for w in chunk_words]
+        encoded = self.tokenizer.encode(codes, words)
+        starts = [min(groups, round(c["offset"] / self.group_samples)) for c in stream.chunks]
+        starts[0] = 0
+        stream_hash = hashlib.sha1(
+            (self.digest + "".join(c["sha1"] for c in stream.chunks)).encode()).hexdigest()
+        S, G = lay.text_slots_per_group, lay.group_len
+        for j, chunk in enumerate(stream.chunks):
+            a = max(starts[: j + 1])
+            b = groups if j + 1 == len(starts) else max(a, starts[j + 1])
+            if b <= a:  # a chunk shorter than half a group: its audio is in its neighbour's piece
+                continue
+            ids = encoded.ids[a * G : b * G]
+            name = hashlib.sha1(f"{stream_hash}:{j}".encode()).hexdigest()
+            rel = f"{name[:2]}/{name}.npy"
+            with atomic_path(self.tokens_root / rel) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, ids.astype(lay.storage_dtype))
+            start_s, end_s = a * lay.group_duration_s, b * lay.group_duration_s
+            placed = [p for p in encoded.placements if a * S <= p["slot"] < b * S]
+            lags = [p["lag_s"] for p in placed]
+            mine = [w for w in words if start_s <= w.start_s < end_s]
+            last = j + 1 == len(stream.chunks)
+            stats = {"n_groups": b - a, "n_words": len(mine), "text_tokens": len(placed),
+                     "text_slots": (b - a) * S, "pad_share": 1 - len(placed) / ((b - a) * S),
+                     "max_lag_s": max(lags, default=0.0),
+                     "mean_lag_s": float(np.mean(lags)) if lags else 0.0,
+                     "overflow_tokens": encoded.stats["overflow_tokens"] if last else 0,
+                     }  # fmt: skip
+            record = {
+                "type": "piece", "chunk": chunk["chunk"], "video_id": stream.video_id,
+                "stream": stream.index, "piece": lane.pieces, "status": "ok",
+                "config": self.digest, "hash": name, "tokens": rel, "n_tokens": int(ids.size),
+                "start_s": round(stream.start_s + start_s, 3),
+                "chunk_start_s": round(chunk["start_s"], 3),
+                "duration_s": round(end_s - start_s, 3), "text_source": sources[j],
+                "words": [[w.text, round(w.start_s - start_s, 3), round(w.end_s - start_s, 3),
+                           round(w.probability, 3)] for w in mine],
+                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()},
+            }  # fmt: skip
+            self.writer.write(record)
+            lane.pieces += 1
+            self.summary.ok += 1
+            self.summary.tokens += int(ids.size)
+            self.summary.pad_shares.append(stats["pad_share"])
+        self.summary.streams += 1
+        self.summary.seams += len(stream.chunks) - 1
+        self.summary.audio_s += seconds
+        self.summary.max_lag_s = max(self.summary.max_lag_s, encoded.stats["max_lag_s"])
+        self.summary.overflow_tokens += encoded.stats["overflow_tokens"]
+
+    def record_problem(self, chunk: dict) -> None:
+        self.writer.write({"type": "chunk", "chunk": chunk["chunk"],
+                           "video_id": chunk["video_id"], "status": chunk["status"],
+                           "reason": chunk["reason"], "config": self.digest})  # fmt: skip
+        kind = self.summary.failed if chunk["status"] == "failed" else self.summary.skipped
+        kind[chunk["chunk"]] = chunk["reason"]
+        self.bar.update(chunk.get("duration_s") or 0.0)
+
+    def finish_video(self, lane: _Lane) -> None:
+        video = lane.video
+        self.writer.write({"type": "video", "video_id": video["video_id"], "status": "done",
+                           "config": self.digest, "chunks": len(video["chunks"]),
+                           "streams": lane.streams, "pieces": lane.pieces})  # fmt: skip
+        self.summary.videos += 1
+        lane.video = None
+
+
+def group_videos(items: list[dict]) -> list[dict]:
+    """Chunk items grouped by video, each video's chunks in time order."""
+    videos: dict[str, list[dict]] = {}
+    for item in items:
+        videos.setdefault(item["video_id"], []).append(item)
+    return [{"video_id": vid, "chunks": sorted(chunks, key=lambda c: c["start_s"])}
+            for vid, chunks in videos.items()]  # fmt: skip
+
+
 def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | Path,
                  tokens_root: str | Path, shard: tuple[int, int] = (0, 1),
                  rank: tuple[int, int] = (0, 1), device: str | None = None,
-                 codec: Codec | None = None, aligner: Aligner | None = None, text_tokenizer=None,
-                 progress: bool = True) -> TokenizeSummary:  # fmt: skip
-    """Tokenize every chunk under ``chunks_root`` into ``tokens_root`` (see module docstring).
+                 codec=None, aligner=None, text_tokenizer=None, progress: bool = True,
+                 lanes: int | None = None) -> TokenizeSummary:  # fmt: skip
+    """Tokenize every video under ``chunks_root`` into ``tokens_root`` (see the module doc).
 
     ``shard`` picks this host's videos, ``rank`` = (rank, world_size) this process's part of
     them under torchrun. Models are loaded here unless given (tests and notebooks reuse them).
+    ``lanes`` videos are encoded side by side (default: ``cfg.batch_size`` on a GPU, 1 on a
+    CPU); ``cfg.workers`` threads decode chunks.
     """
     from tqdm.auto import tqdm
 
+    from .align import Aligner
     from .checkpoints import load_text_tokenizer
+    from .codec import Codec
     from .config import pick_device
 
     device = device or pick_device()
     tokens_root = Path(tokens_root)
     tokenizer = SpeechTokenizer.from_config(text_tokenizer or load_text_tokenizer(models), cfg)
     digest = config_digest(tokenizer, models, cfg.text_source)
+    claim_token_root(tokens_root, root_spec(tokenizer, models, cfg.text_source), digest)
     items = [it for it in list_chunk_items(chunks_root) if in_shard(it["video_id"], shard, rank)]
     manifest = manifest_path(tokens_root, shard, rank)
-    spec_file = tokens_root / "configs" / f"{digest}.json"
-    if not spec_file.exists():  # what training needs to rebuild this layout
-        write_json_atomic(spec_file, {**tokenizer.fingerprint(), "text_source": cfg.text_source})
-    done = {r["chunk"] for r in read_jsonl(manifest) if r.get("config") == digest}
-    todo = [it for it in items if it["chunk"] not in done]
-    summary = TokenizeSummary(chunks_total=len(items), done_before=len(items) - len(todo))
+    done = {r["video_id"] for r in read_jsonl(manifest) if r.get("type") == "video"}
+    videos = group_videos(items)
+    todo = [v for v in videos if v["video_id"] not in done]
+    summary = TokenizeSummary(chunks_total=len(items),
+                              done_before=sum(len(v["chunks"]) for v in videos) -
+                              sum(len(v["chunks"]) for v in todo))  # fmt: skip
     if not todo:
         return summary
+    todo.sort(key=lambda v: (-sum(c["duration_s"] for c in v["chunks"]), v["video_id"]))
     codec = codec or Codec.load(models, cfg.num_codebooks, device)
     if codec.num_codebooks != cfg.num_codebooks:
         codec.set_num_codebooks(cfg.num_codebooks)
-    needs_whisper = any(stored_words(it, cfg.text_source) is None for it in todo)
+    needs_whisper = any(stored_words(c, cfg.text_source) is None for v in todo for c in v["chunks"])
     if needs_whisper and aligner is None:  # Whisper is loaded only when some chunk needs it
         aligner = Aligner.load(models, device)
-    dataset = ChunkDataset(todo, digest, cfg.min_duration_s, cfg.silence_dbfs, cfg.text_source)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=length_batches(todo, cfg.batch_size), num_workers=cfg.workers,
-        collate_fn=list, prefetch_factor=2 if cfg.workers else None,
-        persistent_workers=False,
-    )  # fmt: skip
-    group_samples = cfg.frames_per_group * MIMI_FRAME_SAMPLES
+    if lanes is None:
+        lanes = cfg.batch_size if str(device).startswith("cuda") else 1
+    lanes_n = max(1, min(lanes, len(todo)))
     start = time.perf_counter()
-    bar = tqdm(total=round(sum(it["duration_s"] for it in todo)), unit="s", desc="tokenize",
-               disable=not progress)  # fmt: skip
-    with JsonlWriter(manifest) as writer:
-        for batch in loader:
-            ready = [b for b in batch if b["status"] == "ready"]
-            for b in batch:
-                if b["status"] != "ready":
-                    writer.write(_record(b, digest))
-                    (summary.failed if b["status"] == "failed" else summary.skipped)[
-                        b["chunk"]] = b["reason"]  # fmt: skip
-            if ready:
-                padded = [math.ceil(b["wav24"].size / group_samples) * group_samples for b in ready]
-                wav = torch.zeros(len(ready), 1, max(padded))
-                for i, b in enumerate(ready):
-                    wav[i, 0, : b["wav24"].size] = torch.from_numpy(b["wav24"])
-                codes = codec.encode(wav, padded)
-                texts = [stored_words(b, cfg.text_source) for b in ready]
-                need = [i for i, t in enumerate(texts) if t is None]
-                if need:
-                    for i, words in zip(need, aligner.align([ready[i]["wav16"] for i in need])):
-                        texts[i] = ("whisper", words)
-                for b, c, (source, w) in zip(ready, codes, texts):
-                    encoded = tokenizer.encode(c.numpy(), w)
-                    rel = _save_tokens(tokens_root, b["hash"], encoded.ids, tokenizer)
-                    writer.write(_record(b, digest, rel, encoded, w, source))
-                    summary.ok += 1
-                    summary.audio_s += b["duration_s"]
-                    summary.tokens += int(encoded.ids.size)
-                    summary.max_lag_s = max(summary.max_lag_s, encoded.stats["max_lag_s"])
-                    summary.overflow_tokens += encoded.stats["overflow_tokens"]
-                    summary.pad_shares.append(encoded.stats["pad_share"])
-            bar.update(round(sum(b["duration_s"] for b in batch)))
-    bar.close()
+    total_s = sum(c["duration_s"] for v in todo for c in v["chunks"])
+    bar = tqdm(total=round(total_s, 1), unit="s", desc="tokenize", disable=not progress,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
+    queue = deque(todo)
+    with JsonlWriter(manifest) as writer, \
+            ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool, \
+            codec.stream_encoder(lanes_n, cfg.frames_per_group) as encoder:  # fmt: skip
+        run = _Run(cfg, tokenizer, digest, tokens_root, writer, codec, aligner, summary, bar,
+                   pool)  # fmt: skip
+        lanes = [_Lane() for _ in range(lanes_n)]
+        try:
+            while True:
+                resets: list[int] = []
+                for i, lane in enumerate(lanes):
+                    run.prepare(lane, queue, resets, i)
+                run.align_pending()
+                if not any(lane.stream is not None for lane in lanes):
+                    break
+                run.encode_round(lanes, encoder, resets)
+                run.finish_streams(lanes)
+        finally:
+            for lane in lanes:
+                for future in lane.futures:
+                    future.cancel()
+            bar.close()
     summary.seconds = time.perf_counter() - start
     return summary
-
-
-def _save_tokens(tokens_root: Path, digest_hash: str, ids: np.ndarray, tokenizer) -> str:
-    rel = f"{digest_hash[:2]}/{digest_hash}.npy"
-    with atomic_path(tokens_root / rel) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, ids.astype(tokenizer.layout.storage_dtype))
-    return rel
-
-
-def _record(item: dict, digest: str, tokens: str | None = None, encoded=None,
-            words: list[Word] | None = None, text_source: str | None = None) -> dict:  # fmt: skip
-    """A manifest line; ``text_source`` is what made this chunk's words (whisper,
-    captions:<lang>:<format> or sidecar:<format>)."""
-    record = {"chunk": item["chunk"], "video_id": item["video_id"], "hash": item.get("hash"),
-              "config": digest, "status": "ok" if tokens else item["status"],
-              "reason": item.get("reason"), "duration_s": round(item["duration_s"], 3),
-              "start_s": item.get("start_s")}  # fmt: skip
-    if tokens:
-        record.update({
-            "tokens": tokens, "n_tokens": int(encoded.ids.size), "text_source": text_source,
-            "words": [[w.text, round(w.start_s, 3), round(w.end_s, 3), round(w.probability, 3)]
-                      for w in words],
-            **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in encoded.stats.items()},
-        })  # fmt: skip
-    return record
-
-
-def load_tokens(tokens_root: str | Path, record: dict) -> np.ndarray:
-    """A chunk's ids as int64, from its manifest record."""
-    return np.load(Path(tokens_root) / record["tokens"]).astype(np.int64)
-
-
-def words_of(record: dict) -> list[Word]:
-    """The timed words stored in a manifest record."""
-    return [Word(t, s, e, p) for t, s, e, p in record.get("words", [])]
 
 
 def ensure_tokens(cfg: TokenizeConfig, models: ModelsConfig) -> Path:
@@ -305,7 +611,7 @@ def ensure_tokens(cfg: TokenizeConfig, models: ModelsConfig) -> Path:
     from .scrape import ensure_chunks
 
     tokens_root = cfg.data_dir / "tokens"
-    if any(r.get("status") == "ok" for r in read_token_manifests(tokens_root)):
+    if stream_pieces(tokens_root):
         return tokens_root
     chunks = ensure_chunks(cfg.data_dir, cfg.profile)
     run_tokenize(cfg, models, chunks, tokens_root, progress=False)

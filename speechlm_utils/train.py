@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -60,34 +61,92 @@ def weighted_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tens
     Each target's softmax runs over its position's allowed ids only (text ids + TEXT_PAD in a
     text slot, one codebook's 2048 ids in an audio slot), so the output layer is evaluated on
     those rows only: ~8x less compute and memory than full logits for the default layout.
-    Returns the loss and ``[4, 2]`` (summed CE, count) per class for logging (detached).
+
+    ``weights`` = (text, pad, semantic, acoustic). A text slot's cross-entropy is split into
+    the *decision* (a word or TEXT_PAD? ``-log P(pad)`` or ``-log P(not pad)``), weighted by
+    ``pad`` in every text slot alike, and the *choice* of word given one is said
+    (``-log P(word | not pad)``), weighted by ``text``. Weighting the decision the same on both
+    sides keeps the model's pad odds calibrated to the data (a class weight on pads would make
+    it learn ``P(pad) ∝ w_pad * q(pad)``), while words can still be trained harder.
+    Returns the loss (weighted sum over the summed weights) and ``[4, 2]`` (summed full
+    cross-entropy ``-log p(target)``, count) per class for logging (detached).
     """
+    w_text, w_pad, w_sem, w_ac = (float(w) for w in weights)
     targets = labels[:, 1:]
     kinds = layout.kinds(labels.shape[1])[1:]
     ce = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
+    objective = torch.zeros_like(ce)  # each target's weighted terms
     for kind in np.unique(kinds):
         cols = torch.from_numpy(np.flatnonzero(kinds == kind)).to(hidden.device)
         lo, hi = layout.id_range(int(kind))
         rows = weight[lo:hi]
         tgt = targets[:, cols]
-        if kind == TEXT_KIND:  # text ids and TEXT_PAD
+        valid = tgt != IGNORE
+        if kind == TEXT_KIND:  # text ids and TEXT_PAD (the last column)
             rows = torch.cat([rows, weight[layout.text_pad_id : layout.text_pad_id + 1]])
             local = torch.where(tgt == layout.text_pad_id, hi - lo, tgt - lo)
         else:
             local = tgt - lo
         logits = (hidden[:, cols] @ rows.T.to(hidden.dtype)).float()  # [B, n, allowed]
-        valid = tgt != IGNORE
         local = torch.where(valid, local, 0)
         picked = logits.gather(-1, local.unsqueeze(-1)).squeeze(-1)
-        ce[:, cols] = torch.where(valid, torch.logsumexp(logits, -1) - picked, 0.0)
+        lse = torch.logsumexp(logits, -1)
+        full = lse - picked
+        if kind == TEXT_KIND:
+            is_pad = tgt == layout.text_pad_id
+            lse_words = torch.logsumexp(logits[..., :-1], -1)
+            decision = torch.where(is_pad, full, lse - lse_words)
+            choice = torch.where(is_pad, 0.0, lse_words - picked)
+            terms = w_pad * decision + w_text * choice
+        else:
+            terms = (w_sem if kind == 1 else w_ac) * full
+        ce[:, cols] = torch.where(valid, full, 0.0)
+        objective[:, cols] = torch.where(valid, terms, 0.0)
     classes = loss_classes(layout, labels)[:, 1:]
     valid = targets != IGNORE
-    w = torch.tensor(weights, dtype=torch.float32, device=hidden.device)[classes] * valid
-    loss = (w * ce).sum() / w.sum().clamp(min=1e-8)
+    # the weight each target's terms carry: a pad slot its decision, a word slot both terms
+    per_class = torch.tensor([w_pad + w_text, w_pad, w_sem, w_ac], device=hidden.device)
+    loss = objective.sum() / (per_class[classes] * valid).sum().clamp(min=1e-8)
     parts = torch.stack([torch.stack([ce[(classes == c) & valid].sum(),
                                       ((classes == c) & valid).sum().float()])
                          for c in range(len(LOSS_KINDS))]).detach()  # fmt: skip
     return loss, parts
+
+
+def fit_text_slot_odds(layout: TokenLayout, pad_share: float, weights, steps: int = 300,
+                       groups: int = 200, seed: int = 0) -> torch.Tensor:  # fmt: skip
+    """Fit a free model (one learned logit vector) with `weighted_loss` on a stream whose text
+    slots are TEXT_PAD with probability ``pad_share``; return its text-slot logits
+    ``[padded_vocab]`` (-inf where a text slot cannot go). With any weights, their softmax gives
+    TEXT_PAD about ``pad_share``: the loss keeps the pad odds calibrated."""
+    gen = torch.Generator().manual_seed(seed)
+    n = groups * layout.group_len
+    kinds = torch.from_numpy(layout.kinds(n))
+    codebook = (kinds.clamp(min=1) - 1) * layout.codebook_size + layout.audio_offset
+    ids = torch.randint(0, layout.codebook_size, (n,), generator=gen) + codebook
+    text = kinds == TEXT_KIND
+    words = torch.randint(100, 110, (n,), generator=gen)
+    pads = torch.rand(n, generator=gen) < pad_share
+    ids = torch.where(text, torch.where(pads, layout.text_pad_id, words), ids)
+    dim = 8
+    hidden = torch.nn.Parameter(torch.randn(dim, generator=gen) * 0.1)
+    table = torch.nn.Parameter(torch.randn(layout.padded_vocab_size, dim, generator=gen) * 0.01)
+    opt = torch.optim.Adam([hidden, table], lr=0.05)
+    for _ in range(steps):
+        loss, _ = weighted_loss(hidden.expand(1, n, dim), table, ids[None], layout, weights)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        allowed = torch.from_numpy(layout.kind_masks()[TEXT_KIND])
+        return (table @ hidden).masked_fill(~allowed, float("-inf"))
+
+
+def class_weighted_pad_odds(pad_share: float, pad_weight: float, text_weight: float = 1.0) -> float:
+    """The P(pad) a class-weighted cross-entropy teaches (its minimiser is p ∝ w * q): what a
+    per-class pad weight would have done, for comparison."""
+    pad = pad_weight * pad_share
+    return pad / (pad + text_weight * (1 - pad_share))
 
 
 class SpeechLMObjective(torch.nn.Module):
@@ -124,18 +183,28 @@ class TrainResult:
         return values[-1] if values else None
 
 
-def layout_of_tokens(tokens_root: Path, text_tokenizer) -> SpeechTokenizer:
-    """The tokenizer the token files were made with (the most common config among them)."""
-    from collections import Counter
+class FingerprintError(ValueError):
+    """Tokens, a run and a model that were not made with the same text tokenizer."""
 
-    from .preprocess import read_token_manifests
 
-    configs = Counter(r["config"] for r in read_token_manifests(tokens_root)
-                      if r.get("status") == "ok")  # fmt: skip
-    if not configs:
-        raise FileNotFoundError(f"no tokenized chunks under {tokens_root}: run `tokenize` first")
-    digest = configs.most_common(1)[0][0]
-    spec = json.loads((Path(tokens_root) / "configs" / f"{digest}.json").read_text())
+def check_text_tokenizer(recorded: dict, text_tokenizer, what: str, lm: str) -> None:
+    """Refuse a text tokenizer whose fingerprint differs from the one ``recorded``."""
+    mine = hashlib.sha1(text_tokenizer.serialized_model_proto()).hexdigest()[:16]
+    theirs = recorded.get("text_tokenizer_sha1")
+    if theirs != mine:
+        raise FingerprintError(
+            f"{what} was made with text tokenizer {theirs} (from {recorded.get('lm', '?')}), "
+            f"but {lm} has tokenizer {mine}: use the LM it was made with, or tokenize again "
+            "with this one")  # fmt: skip
+
+
+def layout_of_tokens(tokens_root: Path, text_tokenizer, lm: str = "this LM") -> SpeechTokenizer:
+    """The tokenizer a token root was made with (its `layout.json`), after checking that
+    ``text_tokenizer`` is the one it used."""
+    from .preprocess import read_token_layout
+
+    spec = read_token_layout(tokens_root)
+    check_text_tokenizer(spec, text_tokenizer, f"the token root {tokens_root}", lm)
     return SpeechTokenizer(text_tokenizer, spec["num_codebooks"], spec["frames_per_group"],
                            spec["text_slots_per_group"], spec["text_lead_s"])  # fmt: skip
 
@@ -202,7 +271,7 @@ class Trainer:
         self.device = device
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
-        self.tokenizer = layout_of_tokens(self.tokens_root, load_text_tokenizer(models))
+        self.tokenizer = layout_of_tokens(self.tokens_root, load_text_tokenizer(models), models.lm)
         self.layout = self.tokenizer.layout
         seq_len = cfg.seq_len // self.layout.group_len * self.layout.group_len
         self.splits = load_splits(self.tokens_root, self.layout, seq_len, cfg.val_fraction,
@@ -520,19 +589,29 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return list(read_jsonl(Path(run_dir) / "metrics.jsonl"))
 
 
-def load_run(run_dir: str | Path, models: ModelsConfig, device: str = "cpu",
+def load_run(run_dir: str | Path, models: ModelsConfig | None = None, device: str = "cpu",
              dtype: torch.dtype = torch.float32):  # fmt: skip
-    """The trained model of a run (``final/``, else its latest checkpoint) and its tokenizer."""
+    """The trained model of a run (``final/``, else its latest checkpoint) and its tokenizer.
+
+    The base LM is the one the run recorded; ``models`` only stands in where that path is
+    gone (a moved data directory), and then its text tokenizer must match the run's."""
     from .checkpoints import load_text_tokenizer
     from .model import build_speech_lm
 
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / "run.json").read_text())
     spec = meta["layout"]
-    tokenizer = SpeechTokenizer(load_text_tokenizer(models), spec["num_codebooks"],
-                                spec["frames_per_group"], spec["text_slots_per_group"],
-                                spec["text_lead_s"])  # fmt: skip
-    model = build_speech_lm(models, tokenizer.layout, meta["lora_r"], meta["keep_every"],
+    recorded = ModelsConfig(profile=models.profile if models else "full",
+                            data_dir=models.data_dir if models else run_dir,
+                            lm=meta["lm"], mimi=meta["mimi"], whisper=meta["whisper"])  # fmt: skip
+    if models is not None and Path(meta["lm"]).is_absolute() and not Path(meta["lm"]).exists():
+        recorded = recorded.replace(lm=models.lm)  # a local LM that moved: the caller's
+    text_tokenizer = load_text_tokenizer(recorded)
+    check_text_tokenizer({**spec, "lm": meta["lm"]}, text_tokenizer, f"the run {run_dir}",
+                         recorded.lm)  # fmt: skip
+    tokenizer = SpeechTokenizer(text_tokenizer, spec["num_codebooks"], spec["frames_per_group"],
+                                spec["text_slots_per_group"], spec["text_lead_s"])  # fmt: skip
+    model = build_speech_lm(recorded, tokenizer.layout, meta["lora_r"], meta["keep_every"],
                             meta["keep_layers"])  # fmt: skip
     source = run_dir / "final" if (run_dir / "final" / "weights.pt").exists() else \
         latest_checkpoint(run_dir)  # fmt: skip
@@ -544,7 +623,6 @@ def load_run(run_dir: str | Path, models: ModelsConfig, device: str = "cpu",
     model = model.to(device=device, dtype=dtype).eval()
     model.config.use_cache = True
     return model, tokenizer
-
 
 
 # -- the paper plan for 7B ----------------------------------------------------------------------
@@ -632,12 +710,11 @@ def ensure_run(cfg: TrainConfig, models: ModelsConfig, run_dir: str | Path,
 
 
 def training_records(run_dir: str | Path, tokens_root: str | Path) -> list[dict]:
-    """The token records a run trained on, in stream order (the first ones when it trained on
+    """The pieces a run trained on, in stream order (the first ones when it trained on
     ``train_chunks`` only): prompts from them show what the model memorised."""
-    from .preprocess import read_token_manifests
+    from .preprocess import stream_pieces
 
     meta = json.loads((Path(run_dir) / "run.json").read_text())
-    records = [r for r in read_token_manifests(tokens_root) if r.get("status") == "ok"
-               and r["video_id"] not in set(meta["val_videos"])]  # fmt: skip
-    records.sort(key=lambda r: (r["video_id"], r["chunk"]))
+    val = set(meta["val_videos"])
+    records = [r for r in stream_pieces(tokens_root) if r["video_id"] not in val]
     return records[: meta["train_chunks"]] if meta.get("train_chunks") else records

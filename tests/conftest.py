@@ -19,7 +19,7 @@ def tiny_models():
     from speechlm_utils.checkpoints import ensure_tiny_checkpoints
     from speechlm_utils.config import ModelsConfig
 
-    models = ModelsConfig.from_profile("tiny", data_dir=REPO / "data")
+    models = ModelsConfig.from_profile("tiny", data_dir=REPO / "data" / "tiny")
     ensure_tiny_checkpoints(models)
     return models
 

@@ -125,12 +125,15 @@ def test_sidecar_text_reaches_the_tokens_and_decodes_back(demo_chunks, tiny_mode
                                       text_tokenizer=text_tokenizer, progress=False)  # fmt: skip
     assert summary.ok >= 8 and summary.overflow_tokens == 0
     tok = SpeechTokenizer.from_config(text_tokenizer, cfg)
-    for record in preprocess.read_token_manifests(demo_chunks / "tokens"):
-        if record["status"] != "ok":
-            continue
-        assert record["text_source"] == "sidecar:json"
-        text, codes = tok.decode(preprocess.load_tokens(demo_chunks / "tokens", record))
-        assert text == " ".join(w[0] for w in record["words"])  # the transcript, in order
+    pieces = preprocess.stream_pieces(demo_chunks / "tokens")
+    assert {r["text_source"] for r in pieces} == {"sidecar:json"}
+    for vid in {r["video_id"] for r in pieces}:  # a video's pieces are one stream
+        mine = [r for r in pieces if r["video_id"] == vid]
+        ids = np.concatenate([preprocess.load_tokens(demo_chunks / "tokens", r) for r in mine])
+        text, codes = tok.decode(ids)
+        truth = json.loads((DEMO_DIR / f"{vid}.json").read_text())["words"]
+        assert text == " ".join(w["word"] for w in truth)  # the whole transcript, in order
+        assert [w[0] for r in mine for w in r["words"]] == [w["word"] for w in truth]
         assert codes.shape[0] == 4
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from speechlm_utils.audio import WHISPER_SAMPLE_RATE_HZ, load_audio
+from speechlm_utils.audio import MIMI_SAMPLE_RATE_HZ, WHISPER_SAMPLE_RATE_HZ, load_audio
 
 from .conftest import DEMO_DIR
 
@@ -51,3 +51,18 @@ def test_aligner_words_are_timed_inside_the_audio(aligner):
         assert starts == sorted(starts)  # the untrained model's words are nonsense, but timed
         for w in words:
             assert 0 <= w.start_s <= w.end_s <= duration and np.isfinite(w.probability)
+
+
+def test_stream_encoding_in_group_steps_matches_one_pass(codec):
+    """Stage 03 encodes a video as a stream, 400 ms at a time: Mimi's one-pass codes up to
+    float near-ties (frequent with random weights), while 10 s steps would break its context."""
+    wav = load_audio(DEMO_DIR / "demo_ep_001.webm", MIMI_SAMPLE_RATE_HZ)[: 24000 * 16]
+    whole = codec.encode(torch.from_numpy(wav)[None, None])[0]
+    streamed = codec.encode_stream(wav)
+    assert streamed.shape == whole.shape
+    assert (streamed == whole).all(0).float().mean() > 0.95
+    with codec.stream_encoder(1, step_frames=125) as encoder:  # too long a step
+        x = torch.zeros(1, 1, 24000 * 20)
+        x[0, 0, : wav.size] = torch.from_numpy(wav)
+        coarse = encoder.encode(x)[0, :, : whole.shape[1]]
+    assert (coarse == whole).all(0).float().mean() < (streamed == whole).all(0).float().mean()

@@ -71,14 +71,23 @@ def test_every_stage_has_a_config_per_profile(cls, profile, tmp_path):
 
 def test_data_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(config.DATA_DIR_ENV, str(tmp_path))
-    assert TokenizeConfig.from_profile("tiny").data_dir == tmp_path.resolve()
+    assert TokenizeConfig.from_profile("full").data_dir == tmp_path.resolve()
+    assert TokenizeConfig.from_profile("tiny").data_dir == tmp_path.resolve() / "tiny"
+
+
+def test_profiles_never_share_generated_data(monkeypatch, tmp_path):
+    monkeypatch.setenv(config.DATA_DIR_ENV, str(tmp_path))
+    tiny, full = (ModelsConfig.from_profile(p) for p in ("tiny", "full"))
+    assert tiny.data_dir != full.data_dir and tiny.tiny_dir.is_relative_to(tiny.data_dir)
+    assert config.search_terms_file(tiny.data_dir).read_text().strip()  # the shipped list
 
 
 def test_data_dir_defaults_to_the_checkout(monkeypatch):
     monkeypatch.delenv(config.DATA_DIR_ENV, raising=False)
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(repo / "tests")
-    assert config.default_data_dir() == repo / "data"
+    assert config.default_data_dir("full") == repo / "data"
+    assert config.default_data_dir("tiny") == repo / "data" / "tiny"
 
 
 def test_pick_device_on_this_machine():

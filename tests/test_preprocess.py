@@ -1,6 +1,7 @@
-"""Stage 03's run: resume, shards, bad chunks and content hashing."""
+"""Stage 03's run: one stream per video, resume, shards, bad chunks, self-contained roots."""
 
 import json
+import math
 import shutil
 import subprocess
 
@@ -58,24 +59,35 @@ def run(tiny_models, codec, aligner, text_tokenizer):
                                        aligner=aligner, text_tokenizer=text_tokenizer,
                                        progress=False, **kw)  # fmt: skip
 
+    go.layout = SpeechTokenizer(text_tokenizer).layout
     return go
 
 
-def outputs(tokens_root, manifest_glob="tokens*.jsonl"):
-    """chunk -> (status, hash, file bytes) over all manifests."""
+def outputs(tokens_root):
+    """chunk -> (status, hash, file bytes) over all manifests of a token root."""
     result = {}
     for r in preprocess.read_token_manifests(tokens_root):
+        if r.get("type") == "video":
+            continue
         data = (tokens_root / r["tokens"]).read_bytes() if r.get("tokens") else None
         result[r["chunk"]] = (r["status"], r.get("hash"), data)
     return result
 
 
+def joined(tokens_root, video_id):
+    """A video's pieces joined in stream order."""
+    return np.concatenate([preprocess.load_tokens(tokens_root, r)
+                           for r in preprocess.stream_pieces(tokens_root)
+                           if r["video_id"] == video_id])  # fmt: skip
+
+
 def test_one_run_tokenizes_good_chunks_and_records_bad_ones(run, chunk_tree, tmp_path,
                                                            text_tokenizer):  # fmt: skip
     tokens = tmp_path / "tokens"
-    summary = run(chunk_tree, tokens, cfg={"workers": 1})  # real worker processes
-    assert summary.ok == 6
-    records = {r["chunk"]: r for r in read_jsonl(tmp_path / "tokens.jsonl")}
+    summary = run(chunk_tree, tokens, cfg={"workers": 2})  # decoding threads
+    assert summary.ok == 6 and summary.videos == 3
+    assert (tokens / "manifest.jsonl").exists() and not list(tmp_path.glob("*.jsonl"))
+    records = {r["chunk"]: r for r in read_jsonl(tokens / "manifest.jsonl") if "chunk" in r}
     reasons = {c.split("/")[-1]: (r["status"], r["reason"]) for c, r in records.items()
                if r["status"] != "ok"}  # fmt: skip
     assert reasons["corrupt.webm"][0] == "failed" and "corrupt" in reasons["corrupt.webm"][1]
@@ -83,16 +95,113 @@ def test_one_run_tokenizes_good_chunks_and_records_bad_ones(run, chunk_tree, tmp
     assert reasons["silent.webm"][0] == "skipped" and "silent" in reasons["silent.webm"][1]
     assert reasons["short.webm"][0] == "skipped" and "too short" in reasons["short.webm"][1]
     tok = SpeechTokenizer(text_tokenizer)
-    for r in records.values():
-        if r["status"] != "ok":
-            continue
-        ids = preprocess.load_tokens(tokens, r)
-        assert ids.size == r["n_tokens"] and ids.size % 22 == 0
-        assert np.load(tokens / r["tokens"]).dtype == np.uint16
-        assert abs(ids.size / 55 - r["duration_s"]) < 0.4  # padded to a whole 400 ms group
-        text, codes = tok.decode(ids)  # every file decodes
-        assert codes.shape == (4, ids.size // 22 * 5)
-        assert r["video_id"] in ("vidA", "vidB") and r["text_source"] == "whisper"
+    for vid in ("vidA", "vidB"):
+        pieces = [r for r in preprocess.stream_pieces(tokens) if r["video_id"] == vid]
+        assert [r["piece"] for r in pieces] == [0, 1, 2] and {r["stream"] for r in pieces} == {0}
+        for a, b in zip(pieces, pieces[1:]):  # the pieces tile the video's timeline
+            assert b["start_s"] == pytest.approx(a["start_s"] + a["duration_s"])
+            assert abs(b["start_s"] - b["chunk_start_s"]) <= 0.2  # the group nearest the seam
+        for r in pieces:
+            ids = preprocess.load_tokens(tokens, r)
+            assert ids.size == r["n_tokens"] and ids.size % 22 == 0
+            assert np.load(tokens / r["tokens"]).dtype == np.uint16
+            assert ids.size / 55 == pytest.approx(r["duration_s"])
+            assert r["text_source"] == "whisper"
+        text, codes = tok.decode(joined(tokens, vid))  # the stream decodes as one
+        assert codes.shape == (4, sum(r["n_tokens"] for r in pieces) // 22 * 5)
+
+
+def test_batched_lanes_match_one_lane(run, chunk_tree, tmp_path, text_tokenizer):
+    """Three videos side by side (the GPU path, with per-lane resets) against one at a time:
+    the same pieces and text slots; codes equal but for float near-ties of the random codec."""
+    run(chunk_tree, tmp_path / "one" / "tokens")
+    run(chunk_tree, tmp_path / "three" / "tokens", lanes=3)
+    one, three = outputs(tmp_path / "one" / "tokens"), outputs(tmp_path / "three" / "tokens")
+    assert {c: v[0] for c, v in one.items()} == {c: v[0] for c, v in three.items()}
+    lay = run.layout
+    for vid in ("vidA", "vidB"):
+        a, b = joined(tmp_path / "one" / "tokens", vid), joined(tmp_path / "three" / "tokens", vid)
+        text = lay.kinds(a.size) == 0
+        assert a.size == b.size and np.array_equal(a[text], b[text])
+        assert (a[~text] == b[~text]).mean() > 0.97
+
+
+def _pcm_tree(root, wav, words, chunk_s, video_id="conv"):
+    """A video as exact PCM chunks of ``chunk_s`` with a sidecar transcript split at the real
+    chunk starts (what scrape stores), so chunked and whole audio are sample-identical."""
+    import soundfile as sf
+
+    from speechlm_utils.captions import split_by_chunks
+
+    folder = root / video_id[:2] / video_id
+    folder.mkdir(parents=True)
+    step = round(chunk_s * 24000)
+    starts = list(range(0, wav.size, step))
+    per_chunk = split_by_chunks(words, [s / 24000 for s in starts], wav.size / 24000)
+    chunks = []
+    for i, (s, chunk_words) in enumerate(zip(starts, per_chunk)):
+        name = f"{video_id}_{i:05d}.wav"
+        sf.write(folder / name, wav[s : s + step], 24000, subtype="FLOAT")
+        chunks.append({"file": name, "start_s": s / 24000, "end_s": min(wav.size, s + step) / 24000,
+                       "words": [[w.text, w.start_s, w.end_s] for w in chunk_words]})  # fmt: skip
+    (folder / "chunks.json").write_text(json.dumps({"id": video_id, "chunks": chunks,
+                                                    "text_source": "sidecar:json"}))  # fmt: skip
+    return root
+
+
+def _conversations():
+    """The demo's first episode (its first 30 s), and a synthetic two-voice conversation cut
+    from episodes 1 and 2 (turns of 4-7 s), with their true word times."""
+    from speechlm_utils.audio import MIMI_SAMPLE_RATE_HZ as SR
+    from speechlm_utils.audio import load_audio
+    from speechlm_utils.captions import parse_file
+
+    voices = [(load_audio(DEMO_DIR / f), parse_file(DEMO_DIR / j)) for f, j in
+              (("demo_ep_001.webm", "demo_ep_001.json"), ("demo_ep_002.m4a", "demo_ep_002.json"))]
+    turns, words, t = [], [], 0.0
+    for i, (a, b) in enumerate([(0, 5.2), (3, 9.8), (5.2, 11.0), (9.8, 14.1), (11.0, 17.3)]):
+        wav, truth = voices[i % 2]
+        turns.append(wav[round(a * SR) : round(b * SR)])
+        words += [w.shifted(t - a) for w in truth if a <= w.start_s < b]
+        t += b - a
+    demo_wav, demo_words = voices[0]
+    return {"demo": (demo_wav[: 30 * SR], [w for w in demo_words if w.start_s < 30]),
+            "synthetic": (np.concatenate(turns), words)}
+
+
+@pytest.mark.parametrize(("name", "chunk_s"), [("demo", 10.0), ("synthetic", 10.0),
+                                               ("synthetic", 7.0)])  # seams off the 400 ms grid
+def test_a_chunked_conversation_equals_the_same_audio_tokenized_whole(run, tmp_path, name,
+                                                                      chunk_s):  # fmt: skip
+    wav, words = _conversations()[name]
+    streams = {}
+    for label, seconds in (("whole", 1000.0), ("chunked", chunk_s)):
+        root = tmp_path / name / label
+        _pcm_tree(root / "chunks", wav, words, seconds)
+        summary = run(root / "chunks", root / "tokens")
+        seams = 0 if label == "whole" else math.ceil(wav.size / 24000 / chunk_s) - 1
+        assert summary.streams == 1 and summary.seams == seams
+        streams[label] = joined(root / "tokens", "conv")
+    whole, chunked = streams["whole"], streams["chunked"]
+    assert whole.size == chunked.size == math.ceil(wav.size / 9600) * 22  # same groups
+    kinds = run.layout.kinds(whole.size)
+    text = kinds == 0
+    assert np.array_equal(whole[text], chunked[text])  # identical text slots
+    assert np.array_equal(whole[~text], chunked[~text])  # identical codes
+
+
+def test_the_last_slots_of_a_piece_carry_the_next_pieces_first_words(run, tmp_path):
+    wav, words = _conversations()["demo"]
+    _pcm_tree(tmp_path / "chunks", wav, words, 10.0)
+    run(tmp_path / "chunks", tmp_path / "tokens")
+    pieces = preprocess.stream_pieces(tmp_path / "tokens")
+    lay = run.layout
+    for before, after in zip(pieces, pieces[1:]):
+        ids = preprocess.load_tokens(tmp_path / "tokens", before)
+        last = ids[-5 * lay.group_len :]  # the last 2 s
+        tail = last[lay.kinds(last.size) == 0]
+        assert (tail != lay.text_pad_id).any()  # words of the next piece are already there
+        assert preprocess.words_of(after) and before["words"]
 
 
 def test_resume_after_a_crash_equals_one_run(run, chunk_tree, tmp_path, monkeypatch):
@@ -101,20 +210,20 @@ def test_resume_after_a_crash_equals_one_run(run, chunk_tree, tmp_path, monkeypa
     real = preprocess.SpeechTokenizer.encode
     calls = {"n": 0}
 
-    def dies_on_the_fourth(self, codes, words):
+    def dies_on_the_second(self, codes, words):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == 2:
             raise KeyboardInterrupt
         return real(self, codes, words)
 
-    monkeypatch.setattr(preprocess.SpeechTokenizer, "encode", dies_on_the_fourth)
+    monkeypatch.setattr(preprocess.SpeechTokenizer, "encode", dies_on_the_second)
     with pytest.raises(KeyboardInterrupt):
-        run(chunk_tree, crashed, cfg={"batch_size": 2})
+        run(chunk_tree, crashed, cfg={"batch_size": 1})
     monkeypatch.setattr(preprocess.SpeechTokenizer, "encode", real)
     partial = outputs(crashed)
     assert 0 < sum(s == "ok" for s, _, _ in partial.values()) < 6
     again = run(chunk_tree, crashed)
-    assert again.done_before == len(partial)
+    assert again.done_before > 0 and again.videos < 3
     assert outputs(crashed) == outputs(tmp_path / "clean" / "tokens")
     assert run(chunk_tree, crashed).ok == 0  # nothing left to do
 
@@ -123,26 +232,31 @@ def test_shards_together_equal_one_run(run, chunk_tree, tmp_path):
     run(chunk_tree, tmp_path / "one" / "tokens")
     for i in range(3):
         run(chunk_tree, tmp_path / "sharded" / "tokens", shard=(i, 3))
-    assert len(list((tmp_path / "sharded").glob("tokens.*-of-3.jsonl"))) >= 2
+    assert len(list((tmp_path / "sharded" / "tokens").glob("manifest.*-of-3.jsonl"))) >= 2
     assert outputs(tmp_path / "sharded" / "tokens") == outputs(tmp_path / "one" / "tokens")
 
 
-def test_same_bytes_hash_alike_and_a_new_config_hashes_anew(run, chunk_tree, tmp_path):
+def test_same_bytes_hash_alike_and_a_root_holds_one_config(run, chunk_tree, tmp_path):
     tree = tmp_path / "chunks"
     shutil.copytree(chunk_tree / "vi" / "vidA", tree / "vi" / "vidA")
     shutil.copytree(chunk_tree / "vi" / "vidA", tree / "co" / "copyA")  # same bytes, new video
     listing = json.loads((tree / "co" / "copyA" / "chunks.json").read_text())
     (tree / "co" / "copyA" / "chunks.json").write_text(json.dumps({**listing, "id": "copyA"}))
-    run(tree, tmp_path / "tokens")
-    records = list(read_jsonl(tmp_path / "tokens.jsonl"))
+    run(tree, tmp_path / "x" / "tokA")
+    pieces = preprocess.stream_pieces(tmp_path / "x" / "tokA")
     by_name = {}
-    for r in records:
+    for r in pieces:
         by_name.setdefault(r["chunk"].split("/")[-1], set()).add(r["hash"])
     assert all(len(hashes) == 1 for hashes in by_name.values())  # copy -> same hash
-    relead = run(tree, tmp_path / "tokens", cfg={"text_lead_s": 1.0})
-    assert relead.ok == sum(r["status"] == "ok" for r in records)  # a new config: new work...
-    new = [r for r in read_jsonl(tmp_path / "tokens.jsonl")][len(records):]
-    assert not {r["hash"] for r in new} & {r["hash"] for r in records}  # ...with new hashes
+    with pytest.raises(preprocess.TokenRootError, match="another configuration"):
+        run(tree, tmp_path / "x" / "tokA", cfg={"text_lead_s": 1.0})
+    # two token roots in one folder stay independent: the second is complete, not empty
+    relead = run(tree, tmp_path / "x" / "tokB", cfg={"text_lead_s": 1.0})
+    assert relead.ok == len(pieces)
+    new = preprocess.stream_pieces(tmp_path / "x" / "tokB")
+    assert len(new) == len(pieces) and not {r["hash"] for r in new} & {r["hash"] for r in pieces}
+    assert len(preprocess.stream_pieces(tmp_path / "x" / "tokA")) == len(pieces)
+    assert preprocess.read_token_layout(tmp_path / "x" / "tokB")["text_lead_s"] == 1.0
 
 
 def test_torchrun_ranks_split_exactly_a_hosts_shard(run, chunk_tree, tmp_path):

@@ -21,13 +21,15 @@ from .conftest import DEMO_DIR, REPO
 CHUNK_GROUPS = 50  # 20 s chunks
 
 
-def make_tokens(root, tokenizer, videos=3, chunks=2, seed=0):
-    """Token files and manifest like `tokenize` writes, from random codes and demo words."""
+def make_tokens(root, tokenizer, videos=3, chunks=2, seed=0, lm="tiny-mistral"):
+    """A token root like `tokenize` writes (layout.json, pieces, manifest), from random codes
+    and demo words; each chunk is one piece of its video's stream."""
     rng = np.random.default_rng(seed)
     truth = json.loads((DEMO_DIR / "demo_ep_001.json").read_text())["words"]
     tokens = root / "tokens"
     digest = "synthetic01"
-    write_json_atomic(tokens / "configs" / f"{digest}.json", tokenizer.fingerprint())
+    write_json_atomic(tokens / "layout.json", {"digest": digest, **tokenizer.fingerprint(),
+                                               "text_source": "sidecar", "lm": lm})  # fmt: skip
     lines = []
     for v in range(videos):
         for c in range(chunks):
@@ -38,11 +40,13 @@ def make_tokens(root, tokenizer, videos=3, chunks=2, seed=0):
             rel = f"{v:02d}/v{v}c{c}.npy"
             (tokens / rel).parent.mkdir(parents=True, exist_ok=True)
             np.save(tokens / rel, ids.astype(np.uint16))
-            lines.append({"chunk": f"vi/vid{v}/vid{v}_{c:05d}.webm", "video_id": f"vid{v}",
-                          "config": digest, "status": "ok", "tokens": rel,
-                          "n_tokens": int(ids.size), "duration_s": 20.0, "start_s": 20.0 * c,
+            lines.append({"type": "piece", "chunk": f"vi/vid{v}/vid{v}_{c:05d}.webm",
+                          "video_id": f"vid{v}", "stream": 0, "piece": c, "config": digest,
+                          "status": "ok", "tokens": rel, "n_tokens": int(ids.size),
+                          "duration_s": 20.0, "start_s": 20.0 * c, "chunk_start_s": 20.0 * c,
                           "words": [[w.text, w.start_s, w.end_s, 1.0] for w in words]})  # fmt: skip
-    (root / "tokens.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        lines.append({"type": "video", "video_id": f"vid{v}", "status": "done"})
+    (tokens / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     return tokens
 
 
@@ -148,29 +152,55 @@ def test_a_zero_weight_removes_that_kinds_gradient(tiny_models, tok, tokens):
     ids, labels = batch["input_ids"][None], batch["labels"][None]
     T = tok.layout.text_vocab_size
 
-    def head_grad(weights):
+    def head_grad(weights, labels=labels):
         lm.zero_grad()
         loss, parts = train.SpeechLMObjective(lm, tok.layout, weights)(ids, labels)
         loss.backward()
         return lm.lm_head.weight.grad.clone(), float(loss.detach()), parts
 
     g_all, _, parts = head_grad((1.0, 1.0, 1.0, 1.0))
-    g_slots0, _, _ = head_grad((0.0, 0.0, 1.0, 1.0))  # text and TEXT_PAD both off
+    g_slots0, _, _ = head_grad((0.0, 0.0, 1.0, 1.0))  # word choice and pad decision both off
     g_sem0, _, _ = head_grad((1.0, 1.0, 0.0, 1.0))
     assert g_all[:T].abs().sum() > 0 and g_slots0[:T].abs().sum() == 0  # no text gradient
     sem = slice(T, T + 2048)
     assert g_all[sem].abs().sum() > 0 and g_sem0[sem].abs().sum() == 0  # no semantic gradient
     assert g_sem0[T + 2048 : T + 4096].abs().sum() > 0  # acoustic still learns
-    # weight 0 on text == the text targets removed from the batch altogether
-    g_text0, loss_text0, _ = head_grad((0.0, 1.0, 1.0, 1.0))
-    classes = train.loss_classes(tok.layout, labels)
-    lm.zero_grad()
-    masked = labels.masked_fill(classes == 0, data.IGNORE)
-    loss_masked, _ = train.SpeechLMObjective(lm, tok.layout, (1.0, 1.0, 1.0, 1.0))(ids, masked)
-    loss_masked.backward()
-    assert torch.allclose(g_text0, lm.lm_head.weight.grad, atol=1e-7)
+    # equal weights: the plain mean cross-entropy, and the logged parts add up to it
+    _, loss_equal, _ = head_grad((1.0, 1.0, 1.0, 1.0))
     sums, counts = parts[:, 0], parts[:, 1]
-    assert loss_text0 == pytest.approx(float(sums[1:].sum() / counts[1:].sum()), rel=1e-5)
+    classes = train.loss_classes(tok.layout, labels)[:, 1:]
+    words = int((classes == 0).sum())
+    assert loss_equal == pytest.approx(float(sums.sum() / (counts.sum() + words)), rel=1e-5)
+    # weight 0 on both text terms == the text slots removed from the batch altogether
+    masked = labels.masked_fill(train.loss_classes(tok.layout, labels) <= 1, data.IGNORE)
+    g_masked, loss_masked, _ = head_grad((1.0, 1.0, 1.0, 1.0), masked)
+    g_text0, loss_text0, _ = head_grad((0.0, 0.0, 1.0, 1.0))
+    assert torch.allclose(g_text0, g_masked, atol=1e-7) and loss_text0 == pytest.approx(loss_masked)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 0.5, 1.0, 0.5), (1.0, 0.1, 1.0, 0.5), (3.0, 1.0, 1, 1)])
+def test_the_weighted_loss_keeps_the_pad_odds_of_the_data(tok, weights):
+    """Fit on a stream whose text slots are TEXT_PAD 54 % of the time: the model samples pads
+    54 % of the time whatever the weights (a per-class pad weight of 0.1 would teach 11 %)."""
+    from speechlm_utils.generate import _pick
+
+    logits = train.fit_text_slot_odds(tok.layout, 0.54, weights)
+    assert float(logits.softmax(-1)[tok.layout.text_pad_id]) == pytest.approx(0.54, abs=0.04)
+    gen = torch.Generator().manual_seed(0)  # sample as generation does
+    draws = [int(_pick(logits, 1.0, 0, 1.0, gen)) for _ in range(2000)]
+    assert np.mean(np.array(draws) == tok.layout.text_pad_id) == pytest.approx(0.54, abs=0.05)
+    assert train.class_weighted_pad_odds(0.54, 0.1) == pytest.approx(0.105, abs=0.005)
+
+
+def test_training_refuses_tokens_of_another_text_tokenizer(tiny_models, tok, tmp_path):
+    tokens = make_tokens(tmp_path, tok, videos=2, chunks=1, lm="mistralai/Mistral-7B-v0.3")
+    layout = json.loads((tokens / "layout.json").read_text())
+    layout["text_tokenizer_sha1"] = "0123456789abcdef"  # as if made with v0.3's tokenizer
+    write_json_atomic(tokens / "layout.json", layout)
+    with pytest.raises(train.FingerprintError, match="0123456789abcdef") as err:
+        train.Trainer(cfg(), tiny_models, tokens, tmp_path / "run")
+    assert tok.fingerprint()["text_tokenizer_sha1"] in str(err.value)  # names both
+    assert "Mistral-7B-v0.3" in str(err.value)
 
 
 def test_resume_continues_the_same_run(tiny_models, tokens, tmp_path):
