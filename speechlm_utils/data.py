@@ -7,7 +7,8 @@ windows of ``seq_len`` tokens, a whole number of groups, so every window starts 
 boundary and a position's kind is the same in every window. The last window of a stream is
 filled by ending it at the stream's end (overlapping the previous window) instead of padding;
 streams shorter than a window are packed together. Padding (label -100) appears only when a
-whole split is shorter than one window. Train and validation are split by video id, so no episode is on both sides.
+whole split is shorter than one window. Train and validation are split by video id, so no
+episode is on both sides.
 """
 
 from __future__ import annotations
