@@ -15,7 +15,7 @@ from pathlib import Path
 from speechlm_utils import generate, train
 from speechlm_utils.codec import Codec
 from speechlm_utils.config import ModelsConfig, TrainConfig
-from speechlm_utils.preprocess import load_tokens, read_token_manifests
+from speechlm_utils.preprocess import load_tokens, stream_pieces
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
         run = train.ensure_run(cfg, models, Path(tmp) / "run")
         model, tokenizer = train.load_run(run, models)
     lay = tokenizer.layout
-    record = next(r for r in read_token_manifests(cfg.data_dir / "tokens") if r["status"] == "ok")
+    record = stream_pieces(cfg.data_dir / "tokens")[0]
     ids = load_tokens(cfg.data_dir / "tokens", record)
     prompt = ids[: int(args.prompt_s / lay.group_duration_s) * lay.group_len]
     n = int(args.reply_s / lay.group_duration_s) * lay.group_len

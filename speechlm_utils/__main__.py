@@ -38,7 +38,7 @@ def cmd_notebooks(args: argparse.Namespace) -> None:
         return
     results = run_notebooks(args.dir, args.out)
     print(f"\n{len(results)} notebooks ran; executed copies in {args.out}/")
-    data_dir = config.default_data_dir()
+    data_dir = config.default_data_dir(args.profile)
     print(f"stage outputs under {data_dir}/ (index, chunks, tokens, runs)")
 
 
@@ -53,7 +53,7 @@ def cmd_index(args: argparse.Namespace) -> None:
     out = args.out or cfg.data_dir / "index.jsonl"
     source = args.source or "youtube"
     if source == "youtube":
-        terms = index.read_terms(args.queries or cfg.data_dir / "searches.txt")
+        terms = index.read_terms(args.queries or config.search_terms_file(cfg.data_dir))
         summary = index.run_index(cfg, terms, out, shard=parse_shard(args.shard))
     elif source == "demo":
         summary = index.index_demo(cfg, out)
@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tk = sub.add_parser("tokenize", help=cmd_tokenize.__doc__)
     tk.add_argument("--chunks", type=Path, help="chunk root (default data/chunks)")
-    tk.add_argument("--out", type=Path, help="token root (default data/tokens)")
+    tk.add_argument("--out", type=Path,
+                    help="token root (default data/tokens); one root holds one configuration")
     tk.add_argument("--batch-size", type=int)
     tk.add_argument("--workers", type=int, help="DataLoader processes decoding audio")
     tk.add_argument("--num-codebooks", type=int)

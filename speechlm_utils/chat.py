@@ -392,12 +392,12 @@ class ChatWidget:
 
 
 def podcast_prompts(records: list[dict], tokens_root, chunks_root, limit: int = 12) -> list[dict]:
-    """Tokenized chunks to offer in "continue this podcast": label, ids, original audio."""
-    from .preprocess import load_tokens
+    """Stored pieces to offer in "continue this podcast": label, ids, original audio."""
+    from .preprocess import load_tokens, piece_audio
 
     items = []
     for r in [r for r in records if r.get("status") == "ok"][:limit]:
         path = Path(chunks_root) / r["chunk"]
-        audio = load_audio(path, MIMI_SAMPLE_RATE_HZ) if path.exists() else None
+        audio = piece_audio(chunks_root, r) if path.exists() else None
         items.append({"label": r["chunk"], "ids": load_tokens(tokens_root, r), "audio": audio})
     return items

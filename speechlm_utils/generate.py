@@ -167,14 +167,15 @@ def generate(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
 
 
 def prompt_from_audio(wav24: np.ndarray, codec, tokenizer, words=None) -> np.ndarray:
-    """Token ids of a 24 kHz waveform: padded to whole groups, Mimi-encoded, with ``words``
-    (e.g. from Whisper) in the text slots. Starts at a group boundary. ``[N]`` int64."""
+    """Token ids of a 24 kHz waveform: padded to whole groups, Mimi-encoded as a stream in
+    400 ms steps (exactly as stage 03 encodes the training videos), with ``words`` (e.g. from
+    Whisper) in the text slots. Starts at a group boundary. ``[N]`` int64."""
     lay = tokenizer.layout
     group = lay.frames_per_group * codec.frame_samples
     padded = max(group, math.ceil(wav24.size / group) * group)
-    wav = torch.zeros(1, 1, padded)
-    wav[0, 0, : wav24.size] = torch.from_numpy(np.asarray(wav24, dtype=np.float32))
-    codes = codec.encode(wav, [padded])[0]
+    wav = np.zeros(padded, np.float32)
+    wav[: wav24.size] = np.asarray(wav24, dtype=np.float32)
+    codes = codec.encode_stream(wav, lay.frames_per_group)
     return tokenizer.encode(codes.numpy(), words or []).ids
 
 

@@ -175,6 +175,20 @@ def stream_pieces(tokens_root: str | Path) -> list[dict]:
     return [r for r in read_token_manifests(tokens_root) if r.get("type") == "piece"]
 
 
+def video_stream(tokens_root: str | Path, video_id: str,
+                 stream: int = 0) -> tuple[np.ndarray, list[Word], list[float]]:  # fmt: skip
+    """A video's stream joined from its pieces: the ids ``[N]``, its words on the stream's
+    timeline, and each piece's start in seconds on that timeline (the seams)."""
+    pieces = [r for r in stream_pieces(tokens_root)
+              if r["video_id"] == video_id and r.get("stream", 0) == stream]  # fmt: skip
+    if not pieces:
+        raise KeyError(f"{tokens_root} holds no stream {stream} of video {video_id!r}")
+    t0 = pieces[0]["start_s"]
+    ids = np.concatenate([load_tokens(tokens_root, r) for r in pieces])
+    words = [w.shifted(r["start_s"] - t0) for r in pieces for w in words_of(r)]
+    return ids, words, [r["start_s"] - t0 for r in pieces]
+
+
 def load_tokens(tokens_root: str | Path, record: dict) -> np.ndarray:
     """A piece's ids as int64, from its manifest record."""
     return np.load(Path(tokens_root) / record["tokens"]).astype(np.int64)

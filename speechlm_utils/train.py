@@ -113,21 +113,22 @@ def weighted_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tens
     return loss, parts
 
 
-def fit_text_slot_odds(layout: TokenLayout, pad_share: float, weights, steps: int = 300,
-                       groups: int = 200, seed: int = 0) -> torch.Tensor:  # fmt: skip
+def fit_text_slot_odds(pad_share: float, weights, steps: int = 300, groups: int = 50,
+                       text_vocab: int = 256, seed: int = 0) -> tuple[torch.Tensor, int]:
     """Fit a free model (one learned logit vector) with `weighted_loss` on a stream whose text
-    slots are TEXT_PAD with probability ``pad_share``; return its text-slot logits
-    ``[padded_vocab]`` (-inf where a text slot cannot go). With any weights, their softmax gives
-    TEXT_PAD about ``pad_share``: the loss keeps the pad odds calibrated."""
+    slots are exactly ``pad_share`` TEXT_PAD (the rest words from 10 ids), in a toy layout of
+    ``text_vocab`` text ids and one small codebook (so it takes a second). Returns its text-slot
+    logits (-inf where a text slot cannot go) and the TEXT_PAD id. With any weights, their
+    softmax gives TEXT_PAD about ``pad_share``: the loss keeps the pad odds calibrated."""
+    layout = TokenLayout(text_vocab, num_codebooks=1, codebook_size=16)
     gen = torch.Generator().manual_seed(seed)
     n = groups * layout.group_len
     kinds = torch.from_numpy(layout.kinds(n))
-    codebook = (kinds.clamp(min=1) - 1) * layout.codebook_size + layout.audio_offset
-    ids = torch.randint(0, layout.codebook_size, (n,), generator=gen) + codebook
-    text = kinds == TEXT_KIND
-    words = torch.randint(100, 110, (n,), generator=gen)
-    pads = torch.rand(n, generator=gen) < pad_share
-    ids = torch.where(text, torch.where(pads, layout.text_pad_id, words), ids)
+    ids = torch.randint(0, 16, (n,), generator=gen) + layout.audio_offset
+    text = torch.nonzero(kinds == TEXT_KIND).flatten()
+    pads = text[torch.randperm(text.numel(), generator=gen)[: round(pad_share * text.numel())]]
+    ids[text] = torch.randint(100, 110, (text.numel(),), generator=gen)
+    ids[pads] = layout.text_pad_id
     dim = 8
     hidden = torch.nn.Parameter(torch.randn(dim, generator=gen) * 0.1)
     table = torch.nn.Parameter(torch.randn(layout.padded_vocab_size, dim, generator=gen) * 0.01)
@@ -139,7 +140,20 @@ def fit_text_slot_odds(layout: TokenLayout, pad_share: float, weights, steps: in
         opt.step()
     with torch.no_grad():
         allowed = torch.from_numpy(layout.kind_masks()[TEXT_KIND])
-        return (table @ hidden).masked_fill(~allowed, float("-inf"))
+        return (table @ hidden).masked_fill(~allowed, float("-inf")), layout.text_pad_id
+
+
+def pad_odds_table(pad_share: float = 0.54, pad_weights=(0.1, 0.25, 0.5, 1.0),
+                   steps: int = 200) -> list[dict]:  # fmt: skip
+    """For each pad weight: the P(pad) our loss teaches (fitted with `fit_text_slot_odds`)
+    and the one a per-class pad weight would teach, against the data's share."""
+    rows = []
+    for w in pad_weights:
+        logits, pad_id = fit_text_slot_odds(pad_share, (1.0, w, 1.0, 0.5), steps=steps)
+        ours = float(logits.softmax(-1)[pad_id])
+        rows.append({"pad_weight": w, "data": pad_share, "ours": round(ours, 3),
+                     "class_weighted": round(class_weighted_pad_odds(pad_share, w), 3)})
+    return rows
 
 
 def class_weighted_pad_odds(pad_share: float, pad_weight: float, text_weight: float = 1.0) -> float:

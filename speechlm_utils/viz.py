@@ -318,9 +318,9 @@ class AlignmentExplorer:
                  listen_s: float = 2.0):  # fmt: skip
         import ipywidgets as widgets
 
-        from .preprocess import load_tokens, words_of
+        from .preprocess import load_tokens, piece_audio, words_of
 
-        self._load_tokens, self._words_of = load_tokens, words_of
+        self._load_tokens, self._words_of, self._piece_audio = load_tokens, words_of, piece_audio
         self.tokenizer, self.tokens_root, self.chunks_root = tokenizer, tokens_root, chunks_root
         self.records = [r for r in records if r.get("status") == "ok"]
         self.listen_s = listen_s
@@ -341,14 +341,10 @@ class AlignmentExplorer:
 
     def select(self, index: int) -> None:
         """Load chunk ``index`` (the dropdown's callback) and show the group at the slider."""
-        from pathlib import Path
-
-        from .audio import MIMI_SAMPLE_RATE_HZ, load_audio
-
         record = self.records[index]
         self.ids = self._load_tokens(self.tokens_root, record)
         self.words = self._words_of(record)
-        self.wav = load_audio(Path(self.chunks_root) / record["chunk"], MIMI_SAMPLE_RATE_HZ)
+        self.wav = self._piece_audio(self.chunks_root, record)
         self.text_source = record.get("text_source", "")
         n_groups = self.ids.size // self.tokenizer.layout.group_len
         self.time.max = max(0.0, (n_groups - 1) * self.tokenizer.layout.group_duration_s)
@@ -426,5 +422,23 @@ def plot_training(metrics: list[dict]):
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
     ax_train.set_ylabel("cross-entropy (nats)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_pad_odds(rows: list[dict]):
+    """P(TEXT_PAD) a model learns against the pad weight (`train.pad_odds_table`): our loss
+    (the decision weighted in every text slot) and a per-class pad weight, with the data."""
+    weights = [r["pad_weight"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    ax.axhline(rows[0]["data"], color="black", lw=1, ls="--", label="share of pads in the data")
+    ax.plot(weights, [r["ours"] for r in rows], "o-", color="tab:green",
+            label="our loss (fitted): the decision weighted alike")  # fmt: skip
+    ax.plot(weights, [r["class_weighted"] for r in rows], "s-", color="tab:red",
+            label="per-class pad weight: p ∝ w·q")  # fmt: skip
+    ax.set(xscale="log", xticks=weights, xticklabels=[f"{w:g}" for w in weights], ylim=(0, 1),
+           xlabel="pad weight", ylabel="P(TEXT_PAD) learned")  # fmt: skip
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("What a text slot learns about silence")
     fig.tight_layout()
     return fig

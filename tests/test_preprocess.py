@@ -51,6 +51,25 @@ def chunk_tree(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def sidecar_tree(chunk_tree, tmp_path_factory):
+    """The same chunks with the demo's true words stored beside them (as scrape stores a
+    transcript), so runs need no Whisper: the tests of resume, shards and roots stay quick."""
+    from speechlm_utils.captions import parse_file, split_by_chunks
+
+    root = tmp_path_factory.mktemp("sidecar") / "chunks"
+    shutil.copytree(chunk_tree, root)
+    for listing_path in root.glob("*/*/chunks.json"):
+        listing = json.loads(listing_path.read_text())
+        episode = {"vidA": "demo_ep_001", "vidB": "demo_ep_002"}.get(listing["id"])
+        truth = parse_file(DEMO_DIR / f"{episode}.json") if episode else []
+        starts = [c["start_s"] for c in listing["chunks"]]
+        for chunk, words in zip(listing["chunks"], split_by_chunks(truth, starts, 15.0)):
+            chunk["words"] = [[w.text, w.start_s, w.end_s] for w in words]
+        listing_path.write_text(json.dumps({**listing, "text_source": "sidecar:json"}))
+    return root
+
+
 @pytest.fixture()
 def run(tiny_models, codec, aligner, text_tokenizer):
     def go(chunks, tokens, **kw):
@@ -111,11 +130,11 @@ def test_one_run_tokenizes_good_chunks_and_records_bad_ones(run, chunk_tree, tmp
         assert codes.shape == (4, sum(r["n_tokens"] for r in pieces) // 22 * 5)
 
 
-def test_batched_lanes_match_one_lane(run, chunk_tree, tmp_path, text_tokenizer):
+def test_batched_lanes_match_one_lane(run, sidecar_tree, tmp_path, text_tokenizer):
     """Three videos side by side (the GPU path, with per-lane resets) against one at a time:
     the same pieces and text slots; codes equal but for float near-ties of the random codec."""
-    run(chunk_tree, tmp_path / "one" / "tokens")
-    run(chunk_tree, tmp_path / "three" / "tokens", lanes=3)
+    run(sidecar_tree, tmp_path / "one" / "tokens")
+    run(sidecar_tree, tmp_path / "three" / "tokens", lanes=3)
     one, three = outputs(tmp_path / "one" / "tokens"), outputs(tmp_path / "three" / "tokens")
     assert {c: v[0] for c, v in one.items()} == {c: v[0] for c, v in three.items()}
     lay = run.layout
@@ -204,8 +223,8 @@ def test_the_last_slots_of_a_piece_carry_the_next_pieces_first_words(run, tmp_pa
         assert preprocess.words_of(after) and before["words"]
 
 
-def test_resume_after_a_crash_equals_one_run(run, chunk_tree, tmp_path, monkeypatch):
-    run(chunk_tree, tmp_path / "clean" / "tokens")
+def test_resume_after_a_crash_equals_one_run(run, sidecar_tree, tmp_path, monkeypatch):
+    run(sidecar_tree, tmp_path / "clean" / "tokens")
     crashed = tmp_path / "crashed" / "tokens"
     real = preprocess.SpeechTokenizer.encode
     calls = {"n": 0}
@@ -218,28 +237,28 @@ def test_resume_after_a_crash_equals_one_run(run, chunk_tree, tmp_path, monkeypa
 
     monkeypatch.setattr(preprocess.SpeechTokenizer, "encode", dies_on_the_second)
     with pytest.raises(KeyboardInterrupt):
-        run(chunk_tree, crashed, cfg={"batch_size": 1})
+        run(sidecar_tree, crashed, cfg={"batch_size": 1})
     monkeypatch.setattr(preprocess.SpeechTokenizer, "encode", real)
     partial = outputs(crashed)
     assert 0 < sum(s == "ok" for s, _, _ in partial.values()) < 6
-    again = run(chunk_tree, crashed)
+    again = run(sidecar_tree, crashed)
     assert again.done_before > 0 and again.videos < 3
     assert outputs(crashed) == outputs(tmp_path / "clean" / "tokens")
-    assert run(chunk_tree, crashed).ok == 0  # nothing left to do
+    assert run(sidecar_tree, crashed).ok == 0  # nothing left to do
 
 
-def test_shards_together_equal_one_run(run, chunk_tree, tmp_path):
-    run(chunk_tree, tmp_path / "one" / "tokens")
+def test_shards_together_equal_one_run(run, sidecar_tree, tmp_path):
+    run(sidecar_tree, tmp_path / "one" / "tokens")
     for i in range(3):
-        run(chunk_tree, tmp_path / "sharded" / "tokens", shard=(i, 3))
+        run(sidecar_tree, tmp_path / "sharded" / "tokens", shard=(i, 3))
     assert len(list((tmp_path / "sharded" / "tokens").glob("manifest.*-of-3.jsonl"))) >= 2
     assert outputs(tmp_path / "sharded" / "tokens") == outputs(tmp_path / "one" / "tokens")
 
 
-def test_same_bytes_hash_alike_and_a_root_holds_one_config(run, chunk_tree, tmp_path):
+def test_same_bytes_hash_alike_and_a_root_holds_one_config(run, sidecar_tree, tmp_path):
     tree = tmp_path / "chunks"
-    shutil.copytree(chunk_tree / "vi" / "vidA", tree / "vi" / "vidA")
-    shutil.copytree(chunk_tree / "vi" / "vidA", tree / "co" / "copyA")  # same bytes, new video
+    shutil.copytree(sidecar_tree / "vi" / "vidA", tree / "vi" / "vidA")
+    shutil.copytree(sidecar_tree / "vi" / "vidA", tree / "co" / "copyA")  # same bytes, new video
     listing = json.loads((tree / "co" / "copyA" / "chunks.json").read_text())
     (tree / "co" / "copyA" / "chunks.json").write_text(json.dumps({**listing, "id": "copyA"}))
     run(tree, tmp_path / "x" / "tokA")
@@ -259,7 +278,7 @@ def test_same_bytes_hash_alike_and_a_root_holds_one_config(run, chunk_tree, tmp_
     assert preprocess.read_token_layout(tmp_path / "x" / "tokB")["text_lead_s"] == 1.0
 
 
-def test_torchrun_ranks_split_exactly_a_hosts_shard(run, chunk_tree, tmp_path):
+def test_torchrun_ranks_split_exactly_a_hosts_shard(run, sidecar_tree, tmp_path):
     from speechlm_utils.manifest import in_shard
 
     keys = [f"video{i}" for i in range(300)]
@@ -267,6 +286,6 @@ def test_torchrun_ranks_split_exactly_a_hosts_shard(run, chunk_tree, tmp_path):
     ranks = [[k for k in keys if in_shard(k, (1, 3), (r, 4))] for r in range(4)]
     assert sorted(sum(ranks, [])) == sorted(host) and all(ranks)  # a partition of the host's
     for r in range(2):  # two "GPUs" of one host write their own manifests
-        run(chunk_tree, tmp_path / "ranks" / "tokens", rank=(r, 2))
-    run(chunk_tree, tmp_path / "one" / "tokens")
+        run(sidecar_tree, tmp_path / "ranks" / "tokens", rank=(r, 2))
+    run(sidecar_tree, tmp_path / "one" / "tokens")
     assert outputs(tmp_path / "ranks" / "tokens") == outputs(tmp_path / "one" / "tokens")
