@@ -204,7 +204,8 @@ def piece_audio(chunks_root: str | Path, record: dict,
     """The audio under a piece, from its chunk's file: shifted to the piece's start (pieces
     begin on a 400 ms group, within 200 ms of their chunk's start). ``[T]`` float32."""
     wav = load_audio(Path(chunks_root) / record["chunk"], sample_rate_hz)
-    shift = round((record["start_s"] - record["chunk_start_s"]) * sample_rate_hz)
+    offset_s = record.get("start_s", 0.0) - record.get("chunk_start_s", record.get("start_s", 0.0))
+    shift = round(offset_s * sample_rate_hz)
     return wav[shift:] if shift >= 0 else np.concatenate([np.zeros(-shift, np.float32), wav])
 
 
