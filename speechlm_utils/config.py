@@ -256,7 +256,7 @@ class TrainConfig(StageConfig):
     keep_layers: tuple[int, ...] | None = None  # or exactly these layers
     # (text, pad, semantic, acoustic): text weighs the choice of word, pad the word-or-pad
     # decision in every text slot alike (pad odds stay calibrated; see train.weighted_loss)
-    loss_weights: tuple[float, float, float, float] = (1.0, 0.5, 1.0, 0.5)
+    loss_weights: tuple[float, float, float, float] = (1.0, 0.1, 1.0, 0.5)
     grad_checkpointing: bool = True  # recompute activations in backward: fits 4k x 7B
     compile: bool = False  # torch.compile the model
     fsdp: bool = False  # under torchrun: shard the model (full 7B) instead of DDP

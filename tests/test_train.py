@@ -282,3 +282,17 @@ def test_torchrun_ddp_and_fsdp_on_two_cpu_processes_agree(tokens, tmp_path):
         losses[mode] = [m["loss"] for m in metrics if "loss" in m]
     assert len(losses["ddp"]) == 4
     assert losses["fsdp"] == pytest.approx(losses["ddp"], rel=1e-4)  # sharding changes nothing
+
+
+def test_load_run_uses_the_recorded_lm_and_checks_its_tokenizer(tiny_models, tokens, tmp_path):
+    run = tmp_path / "run"
+    train.Trainer(cfg(max_steps=1), tiny_models, tokens, run).fit(progress=False)
+    other = tiny_models.replace(lm=str(tmp_path / "some-other-lm"))  # not the run's
+    model, tokenizer = train.load_run(run, other)
+    assert model.config.num_hidden_layers == 4  # rebuilt from the LM the run recorded
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["lm"] == tiny_models.lm
+    meta["layout"]["text_tokenizer_sha1"] = "feedfacefeedface"  # as if trained on v0.3
+    write_json_atomic(run / "run.json", meta)
+    with pytest.raises(train.FingerprintError, match="feedfacefeedface"):
+        train.load_run(run, tiny_models)
