@@ -42,9 +42,18 @@ lint: setup
 	$(BIN)/ruff check speechlm_utils tests benchmarks data/demo
 
 # Browser tests (tests/browser) run when Chromium is installed and are reported as skipped,
-# with the reason, when it is not (-rs prints skip reasons).
+# with the reason, when it is not (-rs prints skip reasons). ffmpeg versions cut and label
+# chunks differently (see scrape.place_chunks): when the system has an ffmpeg, which the first
+# run uses, the ffmpeg-sensitive tests run again with the one bundled in imageio-ffmpeg.
+FFMPEG_TESTS := tests/test_audio.py tests/test_scrape.py \
+	tests/test_captions.py::test_scrape_stores_the_sidecar_split_at_real_chunk_starts
+
 test: lint
 	SPEECHLM_PROFILE=tiny $(BIN)/python -m pytest -q -rs --nbmake --nbmake-timeout=1800 tests $(wildcard notebooks/*.ipynb)
+	@if command -v ffmpeg >/dev/null 2>&1; then \
+	  echo "again with the bundled ffmpeg: $(FFMPEG_TESTS)"; \
+	  SPEECHLM_PROFILE=tiny SPEECHLM_FFMPEG=bundled $(BIN)/python -m pytest -q -rs $(FFMPEG_TESTS); \
+	fi
 
 test-browser: setup
 	SPEECHLM_PROFILE=tiny $(BIN)/python -m pytest -q -rs tests/browser

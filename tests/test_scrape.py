@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 from speechlm_utils import scrape
@@ -16,6 +17,22 @@ from speechlm_utils.manifest import read_jsonl
 from .conftest import DEMO_DIR
 
 GOOD = {"opus": "a.webm", "aac": "b.m4a", "mp3": "c.mp3"}
+RATE_HZ = 48_000  # sources and chunks are compared decoded at this rate
+
+# What a stream copy keeps, per codec (measured with ffmpeg 4.2, 5.1, 7.0 and 9.0; see
+# scrape.place_chunks). Exact: each chunk's decoded audio is the source's audio from its start_s
+# to its end_s, and the last chunk ends where the source ends: to the sample for mp3 and aac, to
+# the millisecond for opus (WebM's timestamps are whole milliseconds). Not exact: the chunks do
+# not sum to the source, as a decoder drops a start skip at every cut, which the listing shows
+# as gaps between chunks. mp3: the decoder delay, 529 samples (at 48 kHz), that the LAME tag of
+# every later chunk says to skip; ffmpeg 4.2 to 7.0 (not 9.0) write -529 into the last chunk's
+# tag, read back as 3567, so 4096 are skipped there (44.881 s of chunks for 45 s of source with
+# Debian's 5.1, if one summed them). opus: the header's pre-skip, 312 samples, that every chunk
+# copies. aac: nothing, but chunk 0 begins with the encoder priming (1024 samples at 22.05 kHz)
+# that the source's edit list hides, so it starts before 0.
+TOLERANCE_SAMPLES = {"opus": RATE_HZ // 1000 + 1, "aac": 1, "mp3": 1}
+GAP_SAMPLES = {"opus": (312,), "aac": (0,), "mp3": (529, 4096)}
+FIRST_START_S = {"opus": 0.0, "aac": -1024 / 22_050, "mp3": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +60,18 @@ def cfg(**kw):
     return ScrapeConfig.from_profile("tiny", **kw)
 
 
+def found_at(source, chunk, guess):
+    """Where ``chunk``'s audio lies in ``source`` (in samples, searched 50 ms around ``guess``),
+    matched by its loudest half second (not its first 0.1 s: decoders restart cold at a cut)."""
+    win, step = RATE_HZ // 2, RATE_HZ // 10
+    at = max(range(step, max(step + 1, chunk.size - win), step),
+             key=lambda a: float(np.square(chunk[a : a + win]).sum()))  # fmt: skip
+    piece = chunk[at : at + win]
+    lo = max(0, guess + at - RATE_HZ // 20)
+    scores = np.correlate(source[lo : guess + at + RATE_HZ // 20 + piece.size], piece, "valid")
+    return lo + int(np.argmax(scores)) - at
+
+
 def tree(root):
     """Relative path -> md5 of every file under a chunk root (the manifest aside)."""
     return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
@@ -63,10 +92,21 @@ def test_three_codecs_chunked_by_copy_and_failures_recorded(media, tmp_path):
         meta = json.loads((folder / "chunks.json").read_text())
         files = [folder / c["file"] for c in meta["chunks"]]
         assert all(probe(f)["codec"] == codec for f in files)  # no transcoding
-        source_s = load_audio(root / name, 48_000).size / 48_000
-        chunks_s = sum(load_audio(f, 48_000).size for f in files) / 48_000
-        assert abs(chunks_s - source_s) < 0.06, (name, chunks_s, source_s)  # a frame or two
-        assert meta["chunks"][0]["start_s"] == 0 and meta["chunks"][1]["start_s"] >= 9.9
+        source = load_audio(root / name, RATE_HZ)
+        tol, starts = TOLERANCE_SAMPLES[codec], []
+        for chunk, path in zip(meta["chunks"], files):
+            audio = load_audio(path, RATE_HZ)
+            start = round(chunk["start_s"] * RATE_HZ)
+            if audio.size > RATE_HZ:  # a sliver at the end is too short to be found by its sound
+                assert abs(found_at(source, audio, start) - start) <= tol, (name, chunk)
+            assert abs(round(chunk["end_s"] * RATE_HZ) - start - audio.size) <= tol, (name, chunk)
+            starts.append(start)
+        ends = [round(c["end_s"] * RATE_HZ) for c in meta["chunks"]]
+        assert abs(ends[-1] - source.size) <= tol, (name, ends[-1], source.size)
+        gaps = [b - a for a, b in zip(ends, starts[1:])]
+        assert all(min(abs(g - k) for k in GAP_SAMPLES[codec]) <= tol for g in gaps), (name, gaps)
+        assert meta["chunks"][0]["start_s"] == pytest.approx(FIRST_START_S[codec], abs=1e-6)
+        assert meta["chunks"][1]["start_s"] >= 9.9
     reasons = {k: records[k]["reason"] for k in ("missing_webm", "empty_webm", "trunc_webm",
                                                    "page_html")}  # fmt: skip
     assert "404" in reasons["missing_webm"]
@@ -87,11 +127,11 @@ def test_ctrl_c_mid_chunking_then_resume_equals_one_run(media, tmp_path, monkeyp
     out = tmp_path / "resumed" / "chunks"
     real = scrape.segment_copy
 
-    def interrupted(src, dest, video_id, chunk_s, ext):
+    def interrupted(src, dest, video_id, *args, **kwargs):
         if video_id == "b_m4a":
-            real(src, dest, video_id, chunk_s, ext)  # chunks half-written into .tmp...
+            real(src, dest, video_id, *args, **kwargs)  # chunks half-written into .tmp...
             raise KeyboardInterrupt  # ...when the user presses Ctrl-C
-        return real(src, dest, video_id, chunk_s, ext)
+        return real(src, dest, video_id, *args, **kwargs)
 
     monkeypatch.setattr(scrape, "segment_copy", interrupted)
     with pytest.raises(KeyboardInterrupt):
