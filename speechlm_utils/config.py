@@ -113,12 +113,24 @@ def pick_device() -> str:
     return "cpu"
 
 
-def pick_dtype(device: str):
-    """bf16 where the GPU supports it, else fp32 (CPU training and old GPUs)."""
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` computes in bf16 natively (Ampere and later), not by emulation: a T4
+    or V100 reports bf16 as supported but emulates it, slowly."""
     import torch
 
-    if device == "cuda" and torch.cuda.is_bf16_supported():
+    return str(device).startswith("cuda") and torch.cuda.is_available() and \
+        torch.cuda.is_bf16_supported(including_emulation=False)  # fmt: skip
+
+
+def pick_dtype(device: str, training: bool = False):
+    """The compute dtype for ``device``: bf16 where native; on older GPUs fp16 for inference
+    (training stays fp32 there: fp16 needs loss scaling); fp32 on CPUs."""
+    import torch
+
+    if native_bf16(device):
         return torch.bfloat16
+    if str(device).startswith("cuda") and not training:
+        return torch.float16
     return torch.float32
 
 

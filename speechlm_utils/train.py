@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ModelsConfig, TrainConfig, distributed_env, pick_device
+from .config import ModelsConfig, TrainConfig, distributed_env, native_bf16, pick_device
 from .data import IGNORE, load_splits
 from .manifest import JsonlWriter, read_jsonl, write_json_atomic
 from .model import core_model, output_weight
@@ -296,8 +296,8 @@ class Trainer:
         model = build_speech_lm(models, self.layout, cfg.lora_r, cfg.keep_every,
                                 list(cfg.keep_layers) if cfg.keep_layers else None,
                                 device="cpu", seed=cfg.seed)  # fmt: skip
-        self.autocast = torch.bfloat16 if device.startswith("cuda") and \
-            torch.cuda.is_bf16_supported() else None  # fmt: skip
+        # bf16 autocast only where it is native (an emulated bf16 on a T4 is slower than fp32)
+        self.autocast = torch.bfloat16 if native_bf16(device) else None
         for p in model.parameters():  # fp32 master weights; frozen weights in bf16 on GPUs
             p.data = p.data.float() if p.requires_grad or self.autocast is None else \
                 p.data.to(self.autocast)  # fmt: skip

@@ -97,3 +97,18 @@ def test_pick_device_on_this_machine():
     assert device in ("cuda", "mps", "cpu")
     if not torch.cuda.is_available():
         assert config.pick_dtype(device) == torch.float32
+
+
+def test_bf16_only_where_native(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # a T4: bf16 "supported" only by emulation
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True:
+                        including_emulation)  # fmt: skip
+    assert not config.native_bf16("cuda")
+    assert config.pick_dtype("cuda") == torch.float16  # inference on a T4
+    assert config.pick_dtype("cuda", training=True) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert config.native_bf16("cuda:0") and config.pick_dtype("cuda") == torch.bfloat16
+    assert config.pick_dtype("cpu") == torch.float32
