@@ -137,12 +137,13 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from .chat import ChatSession, decode_user_audio, wav_bytes
     from .codec import Codec
     from .generate import Sampling
-    from .train import load_run
+    from .train import load_run, run_models
 
     cfg = config.ChatConfig.from_profile(args.profile, **_data_dir(args))
     models = config.ModelsConfig.from_profile(args.profile, **_data_dir(args))
     device = config.pick_device()
     model, tokenizer = load_run(args.run, models, device, config.pick_dtype(device))
+    models = run_models(args.run, models)  # the codec the run's tokens were made with
     codec = Codec.load(models, tokenizer.layout.num_codebooks, device)
     session = ChatSession(model, tokenizer, codec, Aligner.load(models, device))
     try:
@@ -215,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--out", type=Path,
                     help="token root (default data/tokens); one root holds one configuration")
     tk.add_argument("--batch-size", type=int)
-    tk.add_argument("--workers", type=int, help="DataLoader processes decoding audio")
+    tk.add_argument("--workers", type=int, help="threads decoding chunks (ffmpeg)")
     tk.add_argument("--num-codebooks", type=int)
     tk.add_argument("--text-lead-s", type=float)
     tk.add_argument("--text-source", choices=["whisper", "captions", "sidecar"])

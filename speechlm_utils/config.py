@@ -268,7 +268,7 @@ class TrainConfig(StageConfig):
     keep_layers: tuple[int, ...] | None = None  # or exactly these layers
     # (text, pad, semantic, acoustic): text weighs the choice of word, pad the word-or-pad
     # decision in every text slot alike (pad odds stay calibrated; see train.weighted_loss)
-    loss_weights: tuple[float, float, float, float] = (1.0, 0.1, 1.0, 0.5)
+    loss_weights: tuple[float, float, float, float] = (1.0, 0.5, 1.0, 0.5)
     grad_checkpointing: bool = True  # recompute activations in backward: fits 4k x 7B
     compile: bool = False  # torch.compile the model
     fsdp: bool = False  # under torchrun: shard the model (full 7B) instead of DDP
@@ -292,6 +292,7 @@ class TrainConfig(StageConfig):
         "max_steps": 150,
         "train_chunks": 2,  # memorise two demo chunks, so chat can show it learned
         "lora_r": None,
+        "loss_weights": (1.0, 0.1, 1.0, 0.5),  # a weaker decision term memorises faster
         "grad_checkpointing": False,
         "val_fraction": 0.34,  # one of the three demo episodes
         "eval_every": 25,

@@ -7,10 +7,12 @@ joined by ``start_s``, equal tokenizing its whole audio at once:
   and Mimi encodes the video as a stream (`codec.StreamEncoder`), its causal state carried
   across chunk seams. On a GPU several videos run side by side as the lanes of one batch, a
   lane reset on its own when its next video starts (batched GPU kernels may flip a float
-  near-tie between codes depending on a batch's make-up); on a CPU, where batching gains
-  nothing, one lane runs, so a run's result never depends on how work was split or resumed.
-  No silence is inserted at seams: only the end
-  of a stream is padded to a whole 400 ms group.
+  near-tie between codes depending on a batch's make-up); on a CPU one lane runs, so a run's
+  result never depends on how work was split or resumed. No silence is inserted at seams of
+  exact chunks (PCM, FLAC); a lossy chunk that decodes on its own loses a few ms at its seam
+  (Opus 6.5 ms, mp3 11 ms: see `scrape.place_chunks`), filled with zeros so the timeline stays
+  true. The end of a stream is padded to a whole 400 ms group. Pieces are written when their
+  video's stream ends, longest videos first: a crash redoes the videos in flight.
 - **Words.** Each chunk's timed words (Whisper, captions or a transcript) move to the video's
   timeline and are placed over the whole stream, so a chunk's last text slots carry the next
   chunk's first words (the 2 s lead does not stop at a seam).
@@ -30,9 +32,11 @@ once its closing ``video`` line is written; a video in flight at a crash is redo
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
+import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,7 +54,7 @@ from .audio import (
     load_audio,
 )
 from .config import ModelsConfig, TokenizeConfig
-from .manifest import JsonlWriter, atomic_path, in_shard, read_jsonl, write_json_atomic
+from .manifest import JsonlWriter, atomic_path, in_shard, read_jsonl
 from .scrape import read_chunk_listings
 from .tokenizer import SpeechTokenizer
 from .words import Word
@@ -132,7 +136,16 @@ def claim_token_root(tokens_root: str | Path, spec: dict, digest: str) -> None:
                 f"one layout: tokenize into a root of its own (--out DIR), or delete "
                 f"{tokens_root} to start over.")  # fmt: skip
         return
-    write_json_atomic(path, {"digest": digest, **spec})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{LAYOUT_FILE}.{os.getpid()}")
+    tmp.write_text(json.dumps({"digest": digest, **spec}, indent=1) + "\n")
+    try:  # link, not rename: of two runs starting at once, exactly one claims the root
+        os.link(tmp, path)
+    except FileExistsError:
+        tmp.unlink()
+        claim_token_root(tokens_root, spec, digest)  # the other run won: compare with it
+        return
+    tmp.unlink()
 
 
 def read_token_layout(tokens_root: str | Path) -> dict:
@@ -439,7 +452,7 @@ class _Run:
         encoder.reset(resets)
         codes = encoder.encode(wav)  # [B, K, n / 1920]
         for i, stream in active:
-            stream.codes.append(codes[i])
+            stream.codes.append(codes[i].clone())  # not a view holding the whole batch
 
     def finish_streams(self, lanes: list[_Lane]) -> None:
         for lane in lanes:
@@ -473,13 +486,24 @@ class _Run:
         encoded = self.tokenizer.encode(codes, words)
         starts = [min(groups, round(c["offset"] / self.group_samples)) for c in stream.chunks]
         starts[0] = 0
-        stream_hash = hashlib.sha1(
-            (self.digest + "".join(c["sha1"] for c in stream.chunks)).encode()).hexdigest()
+        text_hash = hashlib.sha1("".join(f"{w.text}@{w.start_s:.3f}" for w in words).encode())
+        stream_hash = hashlib.sha1((self.digest + "".join(c["sha1"] for c in stream.chunks) +
+                                    text_hash.hexdigest()).encode()).hexdigest()  # fmt: skip
         S, G = lay.text_slots_per_group, lay.group_len
-        for j, chunk in enumerate(stream.chunks):
+        slots = [p["slot"] for p in encoded.placements]  # both sorted: pieces by bisect
+        word_starts = [w.start_s for w in words]
+        spans = []
+        for j in range(len(stream.chunks)):
             a = max(starts[: j + 1])
-            b = groups if j + 1 == len(starts) else max(a, starts[j + 1])
+            spans.append((a, groups if j + 1 == len(starts) else max(a, starts[j + 1])))
+        last_written = max(j for j, (a, b) in enumerate(spans) if b > a)
+        for j, chunk in enumerate(stream.chunks):
+            a, b = spans[j]
             if b <= a:  # a chunk shorter than half a group: its audio is in its neighbour's piece
+                self.writer.write({"type": "chunk", "chunk": chunk["chunk"],
+                                   "video_id": stream.video_id, "status": "merged",
+                                   "reason": "under 200 ms: its audio is in the previous piece",
+                                   "config": self.digest})  # fmt: skip
                 continue
             ids = encoded.ids[a * G : b * G]
             name = hashlib.sha1(f"{stream_hash}:{j}".encode()).hexdigest()
@@ -488,10 +512,12 @@ class _Run:
                 with open(tmp, "wb") as f:
                     np.save(f, ids.astype(lay.storage_dtype))
             start_s, end_s = a * lay.group_duration_s, b * lay.group_duration_s
-            placed = [p for p in encoded.placements if a * S <= p["slot"] < b * S]
+            placed = encoded.placements[bisect.bisect_left(slots, a * S):
+                                        bisect.bisect_left(slots, b * S)]  # fmt: skip
             lags = [p["lag_s"] for p in placed]
-            mine = [w for w in words if start_s <= w.start_s < end_s]
-            last = j + 1 == len(stream.chunks)
+            mine = words[bisect.bisect_left(word_starts, start_s - 1e-9):
+                         bisect.bisect_left(word_starts, end_s - 1e-9)]  # fmt: skip
+            last = j == last_written
             stats = {"n_groups": b - a, "n_words": len(mine), "text_tokens": len(placed),
                      "text_slots": (b - a) * S, "pad_share": 1 - len(placed) / ((b - a) * S),
                      "max_lag_s": max(lags, default=0.0),
@@ -566,6 +592,8 @@ def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | P
     from .config import pick_device
 
     device = device or pick_device()
+    if str(device).startswith("cuda:"):  # torchrun: moshi's CUDA graphs capture on the current
+        torch.cuda.set_device(device)  # device, which must be this rank's
     tokens_root = Path(tokens_root)
     tokenizer = SpeechTokenizer.from_config(text_tokenizer or load_text_tokenizer(models), cfg)
     digest = config_digest(tokenizer, models, cfg.text_source)

@@ -285,7 +285,10 @@ class Trainer:
         self.device = device
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
+        from .preprocess import read_token_layout
+
         self.tokenizer = layout_of_tokens(self.tokens_root, load_text_tokenizer(models), models.lm)
+        self.token_layout = read_token_layout(self.tokens_root)  # the codec the tokens need
         self.layout = self.tokenizer.layout
         seq_len = cfg.seq_len // self.layout.group_len * self.layout.group_len
         self.splits = load_splits(self.tokens_root, self.layout, seq_len, cfg.val_fraction,
@@ -463,7 +466,10 @@ class Trainer:
         return {"layout": self.tokenizer.fingerprint(), "lora_r": self.cfg.lora_r,
                 "keep_every": self.cfg.keep_every,
                 "keep_layers": list(self.cfg.keep_layers) if self.cfg.keep_layers else None,
-                "lm": self.models.lm, "mimi": self.models.mimi, "whisper": self.models.whisper,
+                "lm": self.models.lm,  # the codec and aligner the tokens were made with:
+                "mimi": self.token_layout.get("mimi", self.models.mimi),
+                "whisper": self.token_layout.get("whisper", self.models.whisper),
+                "text_source": self.token_layout.get("text_source"),
                 "params": self.params, "step": self.step, "train_chunks": self.cfg.train_chunks,
                 "val_videos": sorted(self.splits.val_videos)}  # fmt: skip
 
@@ -599,6 +605,15 @@ def make_sample_fn(models: ModelsConfig, prompt_s: float = 4.0, continue_s: floa
     return sample
 
 
+def run_models(run_dir: str | Path, models: ModelsConfig) -> ModelsConfig:
+    """``models`` with the Mimi and Whisper a run's tokens were made with (from its run.json),
+    where those exist here or are hub names: chat must encode and decode with the same codec."""
+    meta = json.loads((Path(run_dir) / "run.json").read_text())
+    changes = {k: meta[k] for k in ("mimi", "whisper") if meta.get(k) and (
+        Path(meta[k]).exists() or not Path(meta[k]).is_absolute())}  # fmt: skip
+    return models.replace(**changes)
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     return list(read_jsonl(Path(run_dir) / "metrics.jsonl"))
 
@@ -607,8 +622,9 @@ def load_run(run_dir: str | Path, models: ModelsConfig | None = None, device: st
              dtype: torch.dtype = torch.float32):  # fmt: skip
     """The trained model of a run (``final/``, else its latest checkpoint) and its tokenizer.
 
-    The base LM is the one the run recorded; ``models`` only stands in where that path is
-    gone (a moved data directory), and then its text tokenizer must match the run's."""
+    The base LM is the one the run recorded, unless ``models.lm`` is a local copy that exists
+    (a mirror, a moved data directory) or the recorded local path is gone; either way its text
+    tokenizer must match the run's. Use `run_models` for the Mimi the run's tokens need."""
     from .checkpoints import load_text_tokenizer
     from .model import build_speech_lm
 
@@ -618,8 +634,10 @@ def load_run(run_dir: str | Path, models: ModelsConfig | None = None, device: st
     recorded = ModelsConfig(profile=models.profile if models else "full",
                             data_dir=models.data_dir if models else run_dir,
                             lm=meta["lm"], mimi=meta["mimi"], whisper=meta["whisper"])  # fmt: skip
-    if models is not None and Path(meta["lm"]).is_absolute() and not Path(meta["lm"]).exists():
-        recorded = recorded.replace(lm=models.lm)  # a local LM that moved: the caller's
+    local = Path(meta["lm"]).is_absolute() or meta["lm"].startswith(".")
+    moved = local and not Path(meta["lm"]).exists()
+    if models is not None and models.lm != meta["lm"] and (Path(models.lm).exists() or moved):
+        recorded = recorded.replace(lm=models.lm)  # a local copy, or the recorded one moved
     text_tokenizer = load_text_tokenizer(recorded)
     check_text_tokenizer({**spec, "lm": meta["lm"]}, text_tokenizer, f"the run {run_dir}",
                          recorded.lm)  # fmt: skip
