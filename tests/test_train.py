@@ -270,7 +270,7 @@ def test_torchrun_ddp_and_fsdp_on_two_cpu_processes_agree(tokens, tmp_path):
         run = tmp_path / mode
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_port", port, "-m", "speechlm_utils", "--profile", "tiny",
-               "--data-dir", str(REPO / "data"), "train", "--tokens", str(tokens),
+               "--data-dir", str(REPO / "data" / "tiny"), "train", "--tokens", str(tokens),
                "--run-dir", str(run), "--max-steps", "4", "--seq-len", "220",
                "--batch-size", "2", "--wandb", "disabled", *(["--fsdp"] if mode == "fsdp" else [])]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
