@@ -160,19 +160,29 @@ def dismiss_dialogs(page) -> None:
         page.wait_for_timeout(300)
 
 
-def run_all(page, timeout_s: float = 600) -> None:
-    """Run > Run All Cells, then wait until no cell is queued or running."""
+def _click_run_all(page) -> None:
     page.locator(".jp-NotebookPanel:visible .jp-Notebook").first.click()
     page.keyboard.press("Escape")
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     dismiss_dialogs(page)
+
+
+def run_all(page, timeout_s: float = 480) -> None:
+    """Run > Run All Cells, then wait until no cell is queued or running. A click that a
+    still-starting JupyterLab swallowed (no cell queued after 30 s) is repeated."""
+    _click_run_all(page)
     deadline = time.time() + timeout_s
+    clicked = time.time()
     page.wait_for_timeout(1000)
     while time.time() < deadline:
-        prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
-        if prompts and all(re.fullmatch(r"\[\d+\]:", p.strip()) for p in prompts):
+        texts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+        prompts = [p.strip() for p in texts]
+        if prompts and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts):
             return
+        if all(p in ("[ ]:", "") for p in prompts) and time.time() - clicked > 30:
+            _click_run_all(page)  # nothing started: the menu click was lost
+            clicked = time.time()
         page.wait_for_timeout(1000)
     raise TimeoutError(f"cells still running after {timeout_s} s")
 
