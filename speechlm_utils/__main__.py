@@ -10,14 +10,29 @@ from . import config
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    """Print the profile, the device, ffmpeg and where the models come from."""
-    from .audio import ffmpeg_exe
+    """Print the profile, the device and what fits it, ffmpeg, and the models: those chosen
+    now and those the token root and runs recorded."""
+    import json
 
-    models = config.ModelsConfig.from_profile(args.profile, **_data_dir(args))
+    from .audio import ffmpeg_exe
+    from .train import recipe_for_gpu
+
+    models = _models(args)
     print(f"profile: {models.profile}")
     print(f"device:  {config.describe_device()}")
     print(f"ffmpeg:  {ffmpeg_exe()}")
-    print(models)
+    print(f"data:    {models.data_dir}")
+    print("models (--lm/--mimi/--whisper, $SPEECHLM_LM/_MIMI/_WHISPER):")
+    print("  " + models.describe().replace("\n", "\n  "))
+    layout = models.data_dir / "tokens" / "layout.json"
+    recorded = [("tokens", layout)] if layout.exists() else []
+    recorded += [(f"run {p.parent.name}", p)
+                 for p in sorted((models.data_dir / "runs").glob("*/run.json"))]
+    for what, path in recorded:
+        meta = json.loads(path.read_text())
+        print(f"{what} in {path.parent}: made with lm {meta.get('lm')}, "
+              f"mimi {meta.get('mimi')}, whisper {meta.get('whisper')}")
+    print(recipe_for_gpu())
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -98,7 +113,7 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     cfg = _config(config.TokenizeConfig, args, batch_size=args.batch_size, workers=args.workers,
                   num_codebooks=args.num_codebooks, text_lead_s=args.text_lead_s,
                   text_source=args.text_source)  # fmt: skip
-    models = config.ModelsConfig.from_profile(args.profile, **_data_dir(args))
+    models = _models(args)
     rank, world, local_rank = config.distributed_env()  # torchrun: one process per GPU
     shard = parse_shard(args.shard)
     device = f"cuda:{local_rank}" if config.pick_device() == "cuda" else config.pick_device()
@@ -118,14 +133,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = _config(config.TrainConfig, args, keep_every=args.keep_every, max_steps=args.max_steps,
                   seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
                   wandb_mode=args.wandb, fsdp=args.fsdp or None, loss_weights=weights,
-                  lora_r=args.lora_r)  # fmt: skip
+                  lora_r=args.lora_r, memory_check=False if args.no_memory_check else None)
     if args.keep_every and args.lora_r is None:
         cfg = cfg.replace(lora_r=None)  # pruning alone: train the kept layers
-    models = config.ModelsConfig.from_profile(args.profile, **_data_dir(args))
+    models = _models(args)  # the LM the tokens were made for, unless --lm chose another
     tokens = args.tokens or cfg.data_dir / "tokens"
     run = args.run or cfg.data_dir / "runs" / "default"
     trainer = Trainer(cfg, models, tokens, run)
-    result = trainer.fit(resume=args.resume, sample_fn=make_sample_fn(models))
+    result = trainer.fit(resume=args.resume, sample_fn=make_sample_fn(trainer.models))
     if trainer.rank == 0:
         print(f"{result.steps} steps; loss {result.last('loss')}, val {result.last('val_loss')}")
         print(f"run: {run}")
@@ -140,10 +155,10 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from .train import load_run, run_models
 
     cfg = config.ChatConfig.from_profile(args.profile, **_data_dir(args))
-    models = config.ModelsConfig.from_profile(args.profile, **_data_dir(args))
     device = config.pick_device()
-    model, tokenizer = load_run(args.run, models, device, config.pick_dtype(device))
-    models = run_models(args.run, models)  # the codec the run's tokens were made with
+    window = args.attention_window or cfg.attention_window
+    model, tokenizer = load_run(args.run, _models(args), device, attention_window=window)
+    models = run_models(args.run, _models(args))  # the codec the run's tokens were made with
     codec = Codec.load(models, tokenizer.layout.num_codebooks, device)
     session = ChatSession(model, tokenizer, codec, Aligner.load(models, device))
     try:
@@ -160,6 +175,14 @@ def cmd_chat(args: argparse.Namespace) -> None:
     print(f"model: {response.text or '(no words)'}")
     print(f"{response.audio_s:.1f} s of audio in {response.seconds:.1f} s (first audio after "
           f"{response.first_audio_s:.2f} s, stopped on {response.stopped}) -> {args.out}")
+
+
+def _models(args: argparse.Namespace) -> config.ModelsConfig:
+    """The models: ``--lm``/``--mimi``/``--whisper``, else the environment, else the profile's."""
+    return config.ModelsConfig.from_profile(args.profile, **_data_dir(args),
+                                            lm=getattr(args, "lm", None),
+                                            mimi=getattr(args, "mimi", None),
+                                            whisper=getattr(args, "whisper", None))  # fmt: skip
 
 
 def _data_dir(args: argparse.Namespace) -> dict:
@@ -179,8 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="data root (default: $SPEECHLM_DATA_DIR, else ./data of the checkout)")
     sub = parser.add_subparsers(dest="command", required=True)
+    # every stage that loads a model; unset, later stages follow what earlier ones recorded
+    chosen = argparse.ArgumentParser(add_help=False)
+    chosen.add_argument("--lm", help="base LM: hub name or local dir (default $SPEECHLM_LM, "
+                        "else what the tokens or run recorded, else the profile's)")
+    chosen.add_argument("--mimi", help="Mimi: hub repo or local weights file ($SPEECHLM_MIMI)")
+    chosen.add_argument("--whisper", help="Whisper: model name or local checkpoint file "
+                        "($SPEECHLM_WHISPER)")
 
-    sub.add_parser("info", help=cmd_info.__doc__).set_defaults(func=cmd_info)
+    sub.add_parser("info", help=cmd_info.__doc__, parents=[chosen]).set_defaults(func=cmd_info)
     sub.add_parser("prepare", help=cmd_prepare.__doc__).set_defaults(func=cmd_prepare)
     ix = sub.add_parser("index", help=cmd_index.__doc__)
     ix.add_argument("--queries", type=Path, help="search terms file (default data/searches.txt)")
@@ -211,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also fetch YouTube captions (json3/vtt) for the text channel")
     sc.set_defaults(func=cmd_scrape)
 
-    tk = sub.add_parser("tokenize", help=cmd_tokenize.__doc__)
+    tk = sub.add_parser("tokenize", help=cmd_tokenize.__doc__, parents=[chosen])
     tk.add_argument("--chunks", type=Path, help="chunk root (default data/chunks)")
     tk.add_argument("--out", type=Path,
                     help="token root (default data/tokens); one root holds one configuration")
@@ -223,13 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--shard", help="i/n of the videos; under torchrun split again per rank")
     tk.set_defaults(func=cmd_tokenize)
 
-    tr = sub.add_parser("train", help=cmd_train.__doc__)
+    tr = sub.add_parser("train", help=cmd_train.__doc__, parents=[chosen])
     tr.add_argument("--tokens", type=Path, help="token root (default data/tokens)")
     tr.add_argument("--run-dir", "--run", dest="run", type=Path,
                     help="run dir (default data/runs/default); under torchrun spell it --run-dir")
-    fit = tr.add_mutually_exclusive_group()
-    fit.add_argument("--lora-r", type=int, help="LoRA rank")
-    fit.add_argument("--keep-every", type=int, help="prune: keep every n-th layer")
+    tr.add_argument("--lora-r", type=int, help="LoRA rank")
+    tr.add_argument("--keep-every", type=int,
+                    help="prune: keep every n-th layer (alone: train the kept layers fully)")
     tr.add_argument("--max-steps", type=int)
     tr.add_argument("--seq-len", type=int)
     tr.add_argument("--batch-size", type=int)
@@ -238,15 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--wandb", choices=["online", "offline", "disabled"])
     tr.add_argument("--fsdp", action="store_true", help="shard the model under torchrun")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    tr.add_argument("--no-memory-check", action="store_true",
+                    help="train even when the memory plan says the GPU is too small")
     tr.set_defaults(func=cmd_train)
 
-    ch = sub.add_parser("chat", help=cmd_chat.__doc__)
+    ch = sub.add_parser("chat", help=cmd_chat.__doc__, parents=[chosen])
     ch.add_argument("--run-dir", "--run", dest="run", type=Path, required=True)
     ch.add_argument("--audio", type=Path, required=True, help="your question (any audio file)")
     ch.add_argument("--out", type=Path, default=Path("reply.wav"))
     ch.add_argument("--max-s", type=float, help="longest reply in seconds")
     ch.add_argument("--temperature", type=float, help="for text and audio alike")
     ch.add_argument("--seed", type=int, default=None)
+    ch.add_argument("--attention-window", type=int,
+                    help="tokens attended to by an LM without a sliding window (default 4096)")
     ch.set_defaults(func=cmd_chat)
 
     nb = sub.add_parser("notebooks", help=cmd_notebooks.__doc__)

@@ -220,3 +220,21 @@ def word_start_errors(predicted: list[Word], truth: list[Word]) -> dict:
             p, t = predicted[block.a + k], truth[block.b + k]
             errors.append(1000.0 * (p.start_s - t.start_s))
     return _summary(np.array(errors), len(truth))
+
+
+def word_error_rate(predicted: list[Word], truth: list[Word]) -> float:
+    """Word error rate of ``predicted`` against ``truth``: (substitutions + deletions +
+    insertions) / true words, by Levenshtein distance over the words left by Whisper's English
+    text normaliser (case, punctuation, British/American spelling, numbers), as Whisper's own
+    WER figures are computed. 0.0 is a perfect transcript; it may exceed 1.0."""
+    from whisper.normalizers import EnglishTextNormalizer
+
+    normalise = EnglishTextNormalizer()
+    a = normalise(" ".join(w.text for w in predicted)).split()
+    b = normalise(" ".join(w.text for w in truth)).split()
+    row = np.arange(len(b) + 1)  # edit distance from a[:i] to each prefix of b
+    for i, word in enumerate(a, 1):
+        prev, row[0] = row.copy(), i
+        for j in range(1, len(b) + 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (word != b[j - 1]))
+    return float(row[-1]) / max(1, len(b))

@@ -172,16 +172,27 @@ def build_tiny_whisper(path: Path) -> Path:
 
 def build_tiny_mistral(path: Path) -> Path:
     """Save a small MistralForCausalLM with the real 32k vocabulary and its tokenizer."""
+    return build_random_mistral(path, TINY_MISTRAL, torch.float32)
+
+
+# A mid-size Mistral (430 M parameters; 15 % of them embeddings, 5 % in 7B) for measuring
+# what loading costs in memory on a CPU (tests/test_memory.py, benchmarks/bench_memory.py).
+MID_MISTRAL = dict(TINY_MISTRAL, hidden_size=1024, intermediate_size=4096,
+                   num_hidden_layers=24, num_attention_heads=8, num_key_value_heads=2,
+                   head_dim=128, sliding_window=None)  # fmt: skip
+
+
+def build_random_mistral(path: Path, shape: dict, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Save a MistralForCausalLM of ``shape`` (MistralConfig fields) with random weights in
+    ``dtype``, the real 32k vocabulary and Mistral-7B-v0.1's tokenizer, as a hub repo has."""
     from transformers import MistralConfig, MistralForCausalLM
 
     def build(tmp: Path) -> None:
         torch.manual_seed(TINY_SEED)
         sp_file = mistral_v1_tokenizer_file()
-        vocab_size = _sentencepiece_size(sp_file)
-        config = MistralConfig(
-            vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, **TINY_MISTRAL
-        )
-        MistralForCausalLM(config).save_pretrained(tmp)
+        config = MistralConfig(vocab_size=_sentencepiece_size(sp_file), bos_token_id=1,
+                               eos_token_id=2, **shape)  # fmt: skip
+        MistralForCausalLM(config).to(dtype).save_pretrained(tmp)
         shutil.copyfile(sp_file, tmp / TEXT_TOKENIZER_FILE)
 
     return _atomic_dir(path, build)
@@ -203,10 +214,15 @@ def ensure_tiny_checkpoints(models: ModelsConfig) -> dict[str, Path]:
 
 
 def _ensure_if_tiny(models: ModelsConfig, key: str) -> None:
-    if models.profile == "tiny":
+    """Build the tiny profile's own checkpoint ``key`` when it is the one asked for (never at a
+    path the user or a recorded run chose)."""
+    if models.profile != "tiny":
+        return
+    own = {"lm": "mistral", "mimi": "mimi.safetensors", "whisper": "whisper.pt"}[key]
+    path = Path(getattr(models, key))
+    if path.name == own and path.parent.name == "tiny" and path.parent.parent.name == "models":
         {"mimi": build_tiny_mimi, "whisper": build_tiny_whisper, "lm": build_tiny_mistral}[key](
-            Path(getattr(models, key))
-        )
+            path)
 
 
 def mimi_weights_file(models: ModelsConfig) -> Path:
@@ -260,9 +276,90 @@ def load_text_tokenizer(models: ModelsConfig):
     return spm.SentencePieceProcessor(model_file=str(text_tokenizer_file(models)))
 
 
-def load_lm(models: ModelsConfig, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """The base ``MistralForCausalLM`` from a hub name or a local dir."""
-    from transformers import MistralForCausalLM
+def lm_config(models: ModelsConfig):
+    """The base LM's ``MistralConfig`` (config.json only: cheap, no weights)."""
+    from transformers import AutoConfig
 
     _ensure_if_tiny(models, "lm")
-    return MistralForCausalLM.from_pretrained(models.lm, dtype=dtype).to(device)
+    return AutoConfig.from_pretrained(models.lm)
+
+
+def load_lm(models: ModelsConfig, device: str = "cpu", dtype: torch.dtype = torch.float32,
+            attention_window: int | None = None, vocab_rows: int | None = None):  # fmt: skip
+    """The base ``MistralForCausalLM`` from a hub name or a local dir, loaded straight into
+    ``dtype`` on ``device`` (weights stream from the safetensors files to the device: no
+    full-precision copy in host RAM, 15 GB of host memory suffice for 7B).
+
+    ``vocab_rows``: build the input and output tables with this many rows and fill the first
+    ones from the checkpoint, a block at a time (extending the vocabulary without a second
+    copy of both tables). ``attention_window``: for an LM without a sliding window of its own
+    (Mistral-7B-v0.3), attend to the last this-many positions, so the KV cache stays bounded
+    in generation; an LM with one keeps it."""
+    from transformers import MistralForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    _ensure_if_tiny(models, "lm")
+    config = lm_config(models)
+    overrides = {}
+    if attention_window and getattr(config, "sliding_window", None) is None:
+        overrides["sliding_window"] = int(attention_window)
+    resize = vocab_rows is not None and vocab_rows != config.vocab_size
+    if resize:  # the two tables load fresh at the new size (transformers reports a mismatch)
+        overrides.update(vocab_size=int(vocab_rows), ignore_mismatched_sizes=True)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = MistralForCausalLM.from_pretrained(models.lm, dtype=dtype,
+                                                   device_map=str(device), **overrides)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if resize:
+        _load_table_rows(model, models.lm, config.vocab_size)
+    return model
+
+
+TABLES = {"model.embed_tokens.weight": "get_input_embeddings",
+          "lm_head.weight": "get_output_embeddings"}  # fmt: skip
+
+
+def _safetensors_files(lm: str) -> dict[str, Path]:
+    """Tensor name -> the safetensors file of ``lm`` (a local dir or a cached hub repo) that
+    holds it, for the two tables."""
+    import json
+
+    def fetch(name: str) -> Path | None:
+        local = Path(lm) / name
+        if Path(lm).is_dir():
+            return local if local.is_file() else None
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            return Path(hf_hub_download(lm, name))
+        except EntryNotFoundError:
+            return None
+
+    index = fetch("model.safetensors.index.json")
+    if index is not None:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {k: fetch(weight_map[k]) for k in TABLES if k in weight_map}
+    single = fetch("model.safetensors")
+    if single is None:
+        raise FileNotFoundError(f"{lm} has no safetensors weights (model.safetensors or "
+                                "model.safetensors.index.json)")  # fmt: skip
+    return dict.fromkeys(TABLES, single)
+
+
+@torch.no_grad()
+def _load_table_rows(model, lm: str, rows: int, block: int = 4096) -> None:
+    """Copy the checkpoint's ``rows`` rows of both tables into the first rows of ``model``'s
+    (larger) tables, ``block`` rows at a time."""
+    from safetensors import safe_open
+
+    for name, path in _safetensors_files(lm).items():
+        table = getattr(model, TABLES[name])().weight
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            part = f.get_slice(name)
+            for start in range(0, rows, block):
+                stop = min(rows, start + block)
+                table[start:stop].copy_(part[start:stop])

@@ -6,7 +6,9 @@ Two profiles run the same code:
   into ``data/models/tiny/`` and loaded back through the same loaders.
 
 ``SPEECHLM_PROFILE=tiny|full`` picks one; unset, it is ``full`` when CUDA is available and
-``tiny`` elsewhere. ``SPEECHLM_DATA_DIR`` moves the data root (default: ``data/`` of the
+``tiny`` elsewhere. ``SPEECHLM_LM``, ``SPEECHLM_MIMI`` and ``SPEECHLM_WHISPER`` choose the models
+(hub names or local paths; the CLI's ``--lm``, ``--mimi`` and ``--whisper`` win over them).
+``SPEECHLM_DATA_DIR`` moves the data root (default: ``data/`` of the
 checkout the current directory is in, else ``./data``). The profiles never share generated
 data: the full profile writes into the root itself, the tiny one into ``<root>/tiny/``, so a
 demo run can never leave random-codec tokens where a full run would train on them.
@@ -24,6 +26,7 @@ Profile = Literal["tiny", "full"]
 PROFILES: tuple[str, ...] = ("tiny", "full")
 PROFILE_ENV = "SPEECHLM_PROFILE"
 DATA_DIR_ENV = "SPEECHLM_DATA_DIR"
+MODEL_ENV = {"lm": "SPEECHLM_LM", "mimi": "SPEECHLM_MIMI", "whisper": "SPEECHLM_WHISPER"}
 
 
 def cuda_available() -> bool:
@@ -122,14 +125,15 @@ def native_bf16(device: str) -> bool:
         torch.cuda.is_bf16_supported(including_emulation=False)  # fmt: skip
 
 
-def pick_dtype(device: str, training: bool = False):
-    """The compute dtype for ``device``: bf16 where native; on older GPUs fp16 for inference
-    (training stays fp32 there: fp16 needs loss scaling); fp32 on CPUs."""
+def pick_dtype(device: str):
+    """The dtype a model's (frozen) weights are loaded in and computed with on ``device``: bf16
+    where native (Ampere and later); fp16 on older GPUs (a T4: training then scales the loss,
+    see `train.Trainer`); fp32 on CPUs. What trains is kept in fp32 in every case."""
     import torch
 
     if native_bf16(device):
         return torch.bfloat16
-    if str(device).startswith("cuda") and not training:
+    if str(device).startswith("cuda"):
         return torch.float16
     return torch.float32
 
@@ -170,13 +174,52 @@ class StageConfig:
 
 @dataclass
 class ModelsConfig(StageConfig):
-    """Where the three models come from: hub names (full) or local tiny files (tiny)."""
+    """Where the three models come from: hub names (full) or local tiny files (tiny).
+
+    ``chosen`` names the models picked on purpose (an argument, ``--lm``/``--mimi``/
+    ``--whisper``, or ``$SPEECHLM_LM``/``$SPEECHLM_MIMI``/``$SPEECHLM_WHISPER``); the others
+    follow what earlier stages recorded (`follow`): training uses the LM the tokens were made
+    for, chat the models of the run.
+    """
 
     lm: str = "mistralai/Mistral-7B-v0.1"  # hub repo or local dir for MistralForCausalLM
     mimi: str = "kyutai/moshiko-pytorch-bf16"  # hub repo holding Mimi, or a local weights file
     whisper: str = "small.en"  # openai-whisper model name, or a local checkpoint file
+    chosen: tuple[str, ...] = ()  # which of lm, mimi, whisper were picked on purpose
 
     _tiny: ClassVar[dict] = {"lm": "tiny", "mimi": "tiny", "whisper": "tiny"}
+
+    @classmethod
+    def from_profile(cls, profile: str | None = None, **overrides):
+        """The profile's models, then ``$SPEECHLM_LM``/``MIMI``/``WHISPER``, then ``overrides``
+        (None values are ignored, so CLI flags that were not given can be passed through)."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        chosen = set(overrides.pop("chosen", ()))
+        for key, env in MODEL_ENV.items():
+            if key not in overrides and os.environ.get(env, "").strip():
+                overrides[key] = os.environ[env].strip()
+        chosen |= {k for k in MODEL_ENV if k in overrides}
+        return super().from_profile(profile, chosen=tuple(sorted(chosen)), **overrides)
+
+    def follow(self, recorded: dict, what: str = "") -> ModelsConfig:
+        """These models, with those not `chosen` replaced by the ones ``recorded`` (a token
+        root's layout.json or a run's run.json) where those can be loaded here: a hub name, or
+        a local path that exists. The text tokenizer check (`train.check_text_tokenizer`)
+        still guards a chosen LM that does not match."""
+        changes = {}
+        for key in MODEL_ENV:
+            value = recorded.get(key)
+            if key in self.chosen or not value or value == getattr(self, key):
+                continue
+            if Path(value).exists() or not _looks_local(value):
+                changes[key] = str(value)
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def describe(self) -> str:
+        """Three lines: each model and whether it was chosen or is the profile's default."""
+        return "\n".join(f"{key:8s} {getattr(self, key)}  "
+                         f"({'chosen' if key in self.chosen else self.profile + ' default'})"
+                         for key in MODEL_ENV)  # fmt: skip
 
     @property
     def tiny_dir(self) -> Path:
@@ -191,6 +234,12 @@ class ModelsConfig(StageConfig):
             self.mimi = str(self.tiny_dir / "mimi.safetensors")
         if self.whisper == "tiny":
             self.whisper = str(self.tiny_dir / "whisper.pt")
+
+
+def _looks_local(name: str) -> bool:
+    """Whether a model name is a filesystem path rather than a hub name or a Whisper size."""
+    return Path(name).is_absolute() or name.startswith((".", "~")) or \
+        name.endswith((".pt", ".safetensors", ".bin"))  # fmt: skip
 
 
 @dataclass
@@ -271,6 +320,7 @@ class TrainConfig(StageConfig):
     loss_weights: tuple[float, float, float, float] = (1.0, 0.5, 1.0, 0.5)
     grad_checkpointing: bool = True  # recompute activations in backward: fits 4k x 7B
     compile: bool = False  # torch.compile the model
+    memory_check: bool = True  # refuse, naming what fits, a recipe planned above the GPU's memory
     fsdp: bool = False  # under torchrun: shard the model (full 7B) instead of DDP
     val_fraction: float = 0.05  # of the videos, held out whole
     train_chunks: int | None = None  # train on the first N chunks only (overfit on purpose)
@@ -312,6 +362,10 @@ class ChatConfig(StageConfig):
     audio_temperature: float = 0.8
     top_k: int = 250
     seed: int | None = None
+    # attention span in tokens for an LM without a sliding window of its own (Mistral-7B-v0.3):
+    # the KV cache keeps this many positions, so a conversation runs in bounded memory
+    # (4096 tokens = 74 s); an LM with one (v0.1: 4096) keeps its own
+    attention_window: int = 4096
 
     _tiny: ClassVar[dict] = {"max_response_s": 4.0}
 

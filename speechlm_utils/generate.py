@@ -4,7 +4,8 @@ The layout fixes each position's kind, so at every step only that kind's ids can
 (text or TEXT_PAD in a text slot, codebook k's 2048 ids in audio slot k): every output decodes.
 Text and audio have their own temperature, top-k and top-p. Generation runs with the KV cache;
 Mistral's sliding-window layers keep only the last ``sliding_window`` positions, so a
-conversation can go on past the window with bounded memory.
+conversation can go on past the window with bounded memory. An LM without a window of its own
+(Mistral-7B-v0.3) is given one at load (`checkpoints.load_lm`'s ``attention_window``).
 
 The reply boundary: text runs ``text_lead_s`` ahead of its sound, so the empty text slots of a
 prompt's last ``text_lead_s`` belong to words said after it. Before its first sound the model
@@ -136,9 +137,9 @@ def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
             next_id = prompt[index]  # kept: no forward pass needed
         else:
             if use_cache:
-                out = decoder(input_ids=torch.tensor([pending], device=device),
-                              past_key_values=past, use_cache=True)  # fmt: skip
-                past = out.past_key_values
+                out = decoder(input_ids=torch.tensor([pending], device=device), cache=past,
+                              use_cache=True)  # fmt: skip
+                past = out.cache
                 if stats is not None:
                     stats["cache_len"] = max(layer.keys.shape[-2] for layer in past.layers)
             else:

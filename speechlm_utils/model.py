@@ -12,6 +12,11 @@
   ``embed_tokens`` and ``lm_head``: only the 8 193 new rows of each table get gradients and
   optimizer state (2 x 8 193 x 4096 = 67 M parameters for 7B), where ``modules_to_save``
   would train and store full copies of both tables (330 M, plus their Adam state).
+- **Lean loading**: the base loads straight into its compute dtype on its device (bf16 on
+  Ampere and later, fp16 on older GPUs, fp32 on CPUs; `config.pick_dtype`); only what trains
+  is upcast to fp32 (LoRA and the new rows, or every weight in a full finetune). 7B never
+  exists in fp32 in host memory. For chat, `merge_for_inference` folds LoRA and the trained
+  rows into the weights once, so generation runs a plain model.
 """
 
 from __future__ import annotations
@@ -19,31 +24,49 @@ from __future__ import annotations
 import torch
 
 from .checkpoints import load_lm
-from .config import ModelsConfig
+from .config import ModelsConfig, pick_dtype
 from .tokenizer import TokenLayout
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 NEW_ROW_NOISE = 0.1  # new rows' noise, relative to the text rows' per-dimension std
+LORA_ALPHA_PER_RANK = 1  # lora_alpha = r: the update B @ A is applied at scale alpha / r = 1
+PEFT_PREFIX = "base_model.model."  # how peft names the wrapped model's parameters
 
 
 @torch.no_grad()
 def extend_vocabulary(model, layout: TokenLayout, seed: int = 0) -> None:
     """Grow the input and output tables to ``layout.padded_vocab_size`` rows (see module doc)."""
-    old = model.get_input_embeddings().weight.shape[0]
-    if old != layout.text_vocab_size:
-        raise ValueError(f"the model has {old} embedding rows but the text tokenizer has "
-                         f"{layout.text_vocab_size}: they must come from the same base model")
-    model.resize_token_embeddings(layout.padded_vocab_size, mean_resizing=False)
+    old, rows = layout.text_vocab_size, model.get_input_embeddings().weight.shape[0]
+    if rows == old:
+        model.resize_token_embeddings(layout.padded_vocab_size, mean_resizing=False)
+    elif rows != layout.padded_vocab_size:  # already sized by load_lm(vocab_rows=...)
+        raise ValueError(f"the model has {rows} embedding rows but the text tokenizer has "
+                         f"{old}: they must come from the same base model")
     gen = torch.Generator().manual_seed(seed)
     tables = [model.get_input_embeddings().weight]
     if model.get_output_embeddings() is not None and not model.config.tie_word_embeddings:
         tables.append(model.get_output_embeddings().weight)
     for table in tables:
-        text = table[:old].float()
-        mean, std = text.mean(0), text.std(0)
+        mean, std = _row_stats(table[:old])
         new = table.shape[0] - old
-        noise = torch.randn(new, table.shape[1], generator=gen) * std * NEW_ROW_NOISE
-        table[old:] = (mean + noise).to(table.dtype)
+        rows = torch.randn(new, table.shape[1], generator=gen)  # in place from here on:
+        rows.mul_(std.cpu() * NEW_ROW_NOISE).add_(mean.cpu())  # no full-size temporaries
+        table[old:].copy_(rows)
+
+
+def _row_stats(rows: torch.Tensor, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std of ``rows`` [N, H] in fp64, a block at a time (no full-size
+    fp32 copy of a bf16 table)."""
+    total = torch.zeros(rows.shape[1], dtype=torch.float64, device=rows.device)
+    squares = torch.zeros_like(total)
+    for start in range(0, rows.shape[0], block):
+        part = rows[start:start + block].double()
+        total += part.sum(0)
+        squares += (part * part).sum(0)
+    n = rows.shape[0]
+    mean = total / n
+    var = (squares - n * mean * mean) / max(n - 1, 1)
+    return mean.float(), var.clamp_min(0).sqrt().float()
 
 
 def prune_layers(model, keep_every: int | None = None,
@@ -72,7 +95,8 @@ def add_lora(model, layout: TokenLayout, r: int = 64, alpha: int | None = None,
 
     new_ids = list(range(layout.text_vocab_size, layout.vocab_size))  # padding rows stay idle
     config = LoraConfig(
-        r=r, lora_alpha=alpha or r, lora_dropout=dropout, target_modules=list(LORA_TARGETS),
+        r=r, lora_alpha=alpha or r * LORA_ALPHA_PER_RANK, lora_dropout=dropout,
+        target_modules=list(LORA_TARGETS),
         trainable_token_indices={"embed_tokens": new_ids, "lm_head": new_ids},
         task_type="CAUSAL_LM",
     )  # fmt: skip
@@ -81,16 +105,82 @@ def add_lora(model, layout: TokenLayout, r: int = 64, alpha: int | None = None,
 
 def build_speech_lm(models: ModelsConfig, layout: TokenLayout, lora_r: int | None = None,
                     keep_every: int | None = None, keep_layers: list[int] | None = None,
-                    device: str = "cpu", seed: int = 0):  # fmt: skip
-    """Base model -> pruned (optional) -> vocabulary extended -> LoRA (optional), in fp32 on
-    ``device`` (the trainer casts frozen weights to bf16 on GPUs)."""
-    model = load_lm(models, device="cpu", dtype=torch.float32)
+                    device: str = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
+                    attention_window: int | None = None, upcast: bool = True):  # fmt: skip
+    """Base model -> pruned (optional) -> vocabulary extended -> LoRA (optional), loaded
+    straight into ``dtype`` (default: `config.pick_dtype(device)`) on ``device``; what trains
+    is then upcast to fp32 (`upcast_trainable`) unless ``upcast`` is False (inference)."""
+    from .checkpoints import lm_config
+
+    dtype = dtype or pick_dtype(device)
+    rows = lm_config(models).vocab_size
+    if rows != layout.text_vocab_size:
+        raise ValueError(f"{models.lm} has {rows} embedding rows but the text tokenizer has "
+                         f"{layout.text_vocab_size}: they must come from the same base model")
+    model = load_lm(models, device=device, dtype=dtype, attention_window=attention_window,
+                    vocab_rows=layout.padded_vocab_size)  # fmt: skip
     if keep_every or keep_layers:
         prune_layers(model, keep_every, keep_layers)
     extend_vocabulary(model, layout, seed)
     if lora_r:
         model = add_lora(model, layout, lora_r)
-    return model.to(device)
+    if upcast:
+        upcast_trainable(model)
+    return model
+
+
+def upcast_trainable(model) -> None:
+    """fp32 master weights for what trains (LoRA, new rows, or everything without LoRA); the
+    frozen rest stays in the load dtype."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
+@torch.no_grad()
+def merge_trained(model, trained: dict, layout: TokenLayout) -> None:
+    """Fold a run's trained weights (`train._trainable_state`: peft's names for LoRA and the
+    new rows, plain names for a full finetune) into a plain model built without adapters, in
+    place: ``W += B @ A`` per LoRA pair (computed in fp32, scale alpha / r = 1), the trained
+    new rows written into both tables, other weights copied. The same result as peft's
+    ``merge_and_unload``, without building the adapters (less memory, no peft at chat time)."""
+    params = dict(model.named_parameters())
+    new_ids = torch.arange(layout.text_vocab_size, layout.vocab_size)
+    for name, value in trained.items():
+        plain = name.removeprefix(PEFT_PREFIX)
+        if ".lora_B." in plain:
+            continue  # applied with its lora_A
+        if ".lora_A." in plain:
+            module = plain.split(".lora_A.")[0]
+            b = trained[name.replace(".lora_A.", ".lora_B.")]
+            weight = params[module + ".weight"]
+            a = value.to(weight.device, torch.float32)
+            b = b.to(weight.device, torch.float32)
+            for start in range(0, weight.shape[0], 256):  # small blocks: small temporaries
+                rows = weight[start:start + 256]
+                rows.copy_(rows.float().addmm_(b[start:start + 256], a,
+                                               alpha=LORA_ALPHA_PER_RANK))  # fmt: skip
+        elif ".token_adapter.trainable_tokens_delta." in plain:  # the new rows' values
+            weight = params[plain.split(".token_adapter.")[0] + ".weight"]
+            weight[new_ids.to(weight.device)] = value.to(weight.device, weight.dtype)
+        elif plain in params:
+            params[plain].copy_(value)
+        else:
+            raise KeyError(f"trained weight {name!r} matches nothing in the model: was the run "
+                           "trained with another layer selection or LoRA setting?")  # fmt: skip
+
+
+def merge_for_inference(model, dtype: torch.dtype | None = None):
+    """A plain ``MistralForCausalLM`` for generation: a peft model's LoRA and trained token rows
+    folded into its weights (``merge_and_unload``), everything in ``dtype`` if given, in eval
+    mode with the KV cache on."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    if dtype is not None:
+        model = model.to(dtype)
+    model.requires_grad_(False)
+    model.config.use_cache = True
+    return model.eval()
 
 
 def output_weight(lm) -> torch.Tensor:

@@ -580,9 +580,10 @@ def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | P
     """Tokenize every video under ``chunks_root`` into ``tokens_root`` (see the module doc).
 
     ``shard`` picks this host's videos, ``rank`` = (rank, world_size) this process's part of
-    them under torchrun. Models are loaded here unless given (tests and notebooks reuse them).
-    ``lanes`` videos are encoded side by side (default: ``cfg.batch_size`` on a GPU, 1 on a
-    CPU); ``cfg.workers`` threads decode chunks.
+    them under torchrun. Models are loaded here unless given (tests and notebooks reuse them);
+    a root that already holds tokens continues with the models it recorded unless ``models``
+    chose others on purpose (`ModelsConfig.follow`). ``lanes`` videos are encoded side by side
+    (default: ``cfg.batch_size`` on a GPU, 1 on a CPU); ``cfg.workers`` threads decode chunks.
     """
     from tqdm.auto import tqdm
 
@@ -595,6 +596,8 @@ def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | P
     if str(device).startswith("cuda:"):  # torchrun: moshi's CUDA graphs capture on the current
         torch.cuda.set_device(device)  # device, which must be this rank's
     tokens_root = Path(tokens_root)
+    if (tokens_root / LAYOUT_FILE).exists():  # resume with the models the root was made with
+        models = models.follow(read_token_layout(tokens_root))
     tokenizer = SpeechTokenizer.from_config(text_tokenizer or load_text_tokenizer(models), cfg)
     digest = config_digest(tokenizer, models, cfg.text_source)
     claim_token_root(tokens_root, root_spec(tokenizer, models, cfg.text_source), digest)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ModelsConfig, TrainConfig, distributed_env, native_bf16, pick_device
+from .config import ModelsConfig, TrainConfig, distributed_env, pick_device, pick_dtype
 from .data import IGNORE, load_splits
 from .manifest import JsonlWriter, read_jsonl, write_json_atomic
 from .model import core_model, output_weight
@@ -285,26 +285,36 @@ class Trainer:
         self.device = device
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
+        from .checkpoints import lm_config
         from .preprocess import read_token_layout
 
+        self.token_layout = read_token_layout(self.tokens_root)  # the models the tokens need
+        self.models = models = models.follow(self.token_layout)
         self.tokenizer = layout_of_tokens(self.tokens_root, load_text_tokenizer(models), models.lm)
-        self.token_layout = read_token_layout(self.tokens_root)  # the codec the tokens need
         self.layout = self.tokenizer.layout
         seq_len = cfg.seq_len // self.layout.group_len * self.layout.group_len
         self.splits = load_splits(self.tokens_root, self.layout, seq_len, cfg.val_fraction,
                                   cfg.seed, cfg.train_chunks)  # fmt: skip
         if len(self.splits.train) == 0:
             raise ValueError("no training windows: tokenize more audio or lower seq_len")
+        # the frozen base in the device's compute dtype (bf16 where native, fp16 on older GPUs
+        # with loss scaling, fp32 on CPUs); what trains in fp32 (model.upcast_trainable)
+        self.dtype = pick_dtype(device)
+        self.autocast = self.dtype if self.dtype != torch.float32 else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        shape = lm_shape(lm_config(models))
+        layers = len(cfg.keep_layers) if cfg.keep_layers else \
+            len(range(0, shape["layers"], cfg.keep_every or 1))  # fmt: skip
+        self.memory = training_memory(self.layout, shape, seq_len, cfg.batch_size, cfg.lora_r,
+                                      layers, self.dtype.itemsize, cfg.grad_checkpointing,
+                                      self.world if cfg.fsdp else 1)  # fmt: skip
+        if cfg.memory_check:
+            check_memory(self.memory, device)
         torch.manual_seed(cfg.seed)
+        # FSDP: each rank loads on its own GPU, then shards (see _wrap_distributed)
         model = build_speech_lm(models, self.layout, cfg.lora_r, cfg.keep_every,
                                 list(cfg.keep_layers) if cfg.keep_layers else None,
-                                device="cpu", seed=cfg.seed)  # fmt: skip
-        # bf16 autocast only where it is native (an emulated bf16 on a T4 is slower than fp32)
-        self.autocast = torch.bfloat16 if native_bf16(device) else None
-        for p in model.parameters():  # fp32 master weights; frozen weights in bf16 on GPUs
-            p.data = p.data.float() if p.requires_grad or self.autocast is None else \
-                p.data.to(self.autocast)  # fmt: skip
-        model.to(device)
+                                device=device, seed=cfg.seed, dtype=self.dtype)  # fmt: skip
         if cfg.grad_checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -368,7 +378,8 @@ class Trainer:
     # -- steps --
 
     def _forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast("cuda", dtype=self.autocast, enabled=self.autocast is not None):
+        kind = "cuda" if self.device.startswith("cuda") else "cpu"
+        with torch.autocast(kind, dtype=self.autocast, enabled=self.autocast is not None):
             return self.model(batch["input_ids"], batch["labels"])
 
     def train_step(self) -> dict:
@@ -377,12 +388,19 @@ class Trainer:
         total = 0.0
         for _ in range(self.cfg.grad_accum):
             loss, p = self._forward(self._next_batch())
-            (loss / self.cfg.grad_accum).backward()
+            scaled = loss / self.cfg.grad_accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += float(loss.detach()) / self.cfg.grad_accum
             parts += p.cpu()
+        if self.scaler:  # fp16: unscale before clipping; a step with inf/nan grads is skipped
+            self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad], self.cfg.clip_norm)
-        self.optimizer.step()
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -606,12 +624,10 @@ def make_sample_fn(models: ModelsConfig, prompt_s: float = 4.0, continue_s: floa
 
 
 def run_models(run_dir: str | Path, models: ModelsConfig) -> ModelsConfig:
-    """``models`` with the Mimi and Whisper a run's tokens were made with (from its run.json),
-    where those exist here or are hub names: chat must encode and decode with the same codec."""
+    """``models`` following the LM, Mimi and Whisper a run recorded (`ModelsConfig.follow`):
+    chat must encode and decode with the codec the run's tokens were made with."""
     meta = json.loads((Path(run_dir) / "run.json").read_text())
-    changes = {k: meta[k] for k in ("mimi", "whisper") if meta.get(k) and (
-        Path(meta[k]).exists() or not Path(meta[k]).is_absolute())}  # fmt: skip
-    return models.replace(**changes)
+    return models.follow(meta)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -619,42 +635,54 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def load_run(run_dir: str | Path, models: ModelsConfig | None = None, device: str = "cpu",
-             dtype: torch.dtype = torch.float32):  # fmt: skip
-    """The trained model of a run (``final/``, else its latest checkpoint) and its tokenizer.
+             dtype: torch.dtype | None = None, attention_window: int | None = None,
+             merge: bool = True):  # fmt: skip
+    """The trained model of a run (``final/``, else its latest checkpoint) and its tokenizer,
+    loaded lean: the base straight into ``dtype`` (default `config.pick_dtype(device)`) on
+    ``device``, the trained weights memory-mapped and (``merge``, the default) folded into a
+    plain model (`model.merge_trained`: no adapters at chat time); ``merge=False`` rebuilds the
+    peft model as trained, for comparison.
 
-    The base LM is the one the run recorded, unless ``models.lm`` is a local copy that exists
-    (a mirror, a moved data directory) or the recorded local path is gone; either way its text
-    tokenizer must match the run's. Use `run_models` for the Mimi the run's tokens need."""
+    The base LM is the one the run recorded unless ``models`` chose another on purpose or the
+    recorded local path is gone (`ModelsConfig.follow`); either way its text tokenizer must
+    match the run's. ``attention_window``: see `checkpoints.load_lm`."""
     from .checkpoints import load_text_tokenizer
-    from .model import build_speech_lm
+    from .model import build_speech_lm, merge_for_inference, merge_trained
 
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / "run.json").read_text())
     spec = meta["layout"]
-    recorded = ModelsConfig(profile=models.profile if models else "full",
-                            data_dir=models.data_dir if models else run_dir,
-                            lm=meta["lm"], mimi=meta["mimi"], whisper=meta["whisper"])  # fmt: skip
-    local = Path(meta["lm"]).is_absolute() or meta["lm"].startswith(".")
-    moved = local and not Path(meta["lm"]).exists()
-    if models is not None and models.lm != meta["lm"] and (Path(models.lm).exists() or moved):
-        recorded = recorded.replace(lm=models.lm)  # a local copy, or the recorded one moved
-    text_tokenizer = load_text_tokenizer(recorded)
+    if models is None:
+        models = ModelsConfig(profile="full", data_dir=run_dir, lm=meta["lm"],
+                              mimi=meta["mimi"], whisper=meta["whisper"])  # fmt: skip
+    models = models.follow(meta)
+    text_tokenizer = load_text_tokenizer(models)
     check_text_tokenizer({**spec, "lm": meta["lm"]}, text_tokenizer, f"the run {run_dir}",
-                         recorded.lm)  # fmt: skip
+                         models.lm)  # fmt: skip
     tokenizer = SpeechTokenizer(text_tokenizer, spec["num_codebooks"], spec["frames_per_group"],
                                 spec["text_slots_per_group"], spec["text_lead_s"])  # fmt: skip
-    model = build_speech_lm(recorded, tokenizer.layout, meta["lora_r"], meta["keep_every"],
-                            meta["keep_layers"])  # fmt: skip
     source = run_dir / "final" if (run_dir / "final" / "weights.pt").exists() else \
         latest_checkpoint(run_dir)  # fmt: skip
     if source is None:
         raise FileNotFoundError(f"{run_dir} has no final/ or checkpoint: train it first")
+    dtype = dtype or pick_dtype(device)
+    trained = torch.load(source / "weights.pt", map_location="cpu", mmap=True, weights_only=True)
+    if merge:  # a plain model, the trained weights folded in (no adapters, no peft)
+        model = build_speech_lm(models, tokenizer.layout, None, meta["keep_every"],
+                                meta["keep_layers"], device=device, dtype=dtype,
+                                attention_window=attention_window, upcast=False)  # fmt: skip
+        merge_trained(model, trained, tokenizer.layout)
+        del trained
+        return merge_for_inference(model), tokenizer
+    model = build_speech_lm(models, tokenizer.layout, meta["lora_r"], meta["keep_every"],
+                            meta["keep_layers"], device=device, dtype=dtype,
+                            attention_window=attention_window, upcast=False)  # fmt: skip
     params = dict(model.named_parameters())
-    for name, value in torch.load(source / "weights.pt", map_location="cpu").items():
-        params[name].data.copy_(value)
-    model = model.to(device=device, dtype=dtype).eval()
+    with torch.no_grad():
+        for name, value in trained.items():
+            params[name].copy_(value)
     model.config.use_cache = True
-    return model, tokenizer
+    return model.eval(), tokenizer
 
 
 # -- the paper plan for 7B ----------------------------------------------------------------------
@@ -672,38 +700,176 @@ def mistral_params(hidden: int, layers: int, intermediate: int, kv_dim: int,
             "lora_per_rank": lora_per_layer_r1 * layers}  # fmt: skip
 
 
-def memory_plan(layout: TokenLayout, seq_len: int = 4092, batch_size: int = 4,
-                lora_r: int = 64, shape: dict = MISTRAL_7B) -> list[dict]:  # fmt: skip
-    """GB needed to train a Mistral-7B-shaped model on one GPU, per option: weights, gradients
-    and AdamW state (fp32 master weights), plus checkpointed activations (bf16)."""
+def lm_shape(config) -> dict:
+    """``{hidden, layers, intermediate, kv_dim}`` of a ``MistralConfig``."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return dict(hidden=config.hidden_size, layers=config.num_hidden_layers,
+                intermediate=config.intermediate_size,
+                kv_dim=config.num_key_value_heads * head_dim)  # fmt: skip
+
+
+CUDA_OVERHEAD_GB = 1.0  # CUDA context, allocator slack and workspaces, roughly
+
+
+def training_memory(layout: TokenLayout, shape: dict = MISTRAL_7B, seq_len: int = 4092,
+                    batch_size: int = 4, lora_r: int | None = 64, layers: int | None = None,
+                    weight_bytes: int = 2, grad_checkpointing: bool = True,
+                    shards: int = 1) -> dict:  # fmt: skip
+    """GB one GPU needs to train a Mistral-shaped model with this recipe: the frozen base in
+    ``weight_bytes`` (2: bf16/fp16), fp32 master copies, gradients and AdamW moments of what
+    trains (everything when ``lora_r`` is None), activations (one input per layer with
+    gradient checkpointing, plus one layer's full set) and the kind-restricted logits.
+    ``layers`` kept after pruning (default all); ``shards``: FSDP ranks sharing the states."""
+    layers = layers or shape["layers"]
     p = mistral_params(vocab=layout.padded_vocab_size, **shape)
+    base = p["per_layer"] * layers + p["embeddings"]
     new_rows = 2 * (layout.vocab_size - layout.text_vocab_size) * shape["hidden"]
-    acts = shape["layers"] * batch_size * seq_len * shape["hidden"] * 2  # one input per layer
-    layer_acts = batch_size * seq_len * (shape["hidden"] * 16 + shape["intermediate"] * 6)
+    if lora_r:
+        trainable = lora_r * p["lora_per_rank"] * layers / shape["layers"] + new_rows
+        weights = base * weight_bytes + trainable * 4
+    else:
+        trainable, weights = base, base * 4
+    state = trainable * (4 + 8)  # fp32 gradients + AdamW moments
+    act_bytes = 2 if weight_bytes == 2 else 4
+    tokens = batch_size * seq_len
+    layer_acts = tokens * (shape["hidden"] * 16 + shape["intermediate"] * 6) * act_bytes / 2
+    if grad_checkpointing:
+        acts = layers * tokens * shape["hidden"] * act_bytes + layer_acts
+    else:
+        acts = layers * layer_acts
     avg_allowed = (layout.text_slots_per_group * (layout.text_vocab_size + 1) +
                    (layout.group_len - layout.text_slots_per_group) * layout.codebook_size) \
         / layout.group_len  # fmt: skip
-    logits = batch_size * seq_len * avg_allowed * 4
+    acts += tokens * avg_allowed * 4
     gb = 1e9
+    total = (weights + state) / shards + acts
+    return {"trainable_params_M": round(trainable / 1e6), "weights_GB": round(weights / gb, 1),
+            "grads_adam_GB": round(state / gb, 1), "activations_GB": round(acts / gb, 1),
+            "total_GB": round(total / gb + CUDA_OVERHEAD_GB, 1)}  # fmt: skip
+
+
+def inference_memory(shape: dict = MISTRAL_7B, vocab: int = 40256, window: int = 4096,
+                     weight_bytes: int = 2) -> dict:  # fmt: skip
+    """GB to generate with a merged model: its weights and a KV cache of ``window`` positions."""
+    p = mistral_params(vocab=vocab, **shape)
+    weights = (p["layers"] + p["embeddings"]) * weight_bytes
+    cache = shape["layers"] * 2 * shape["kv_dim"] * window * weight_bytes
+    gb = 1e9
+    return {"weights_GB": round(weights / gb, 1), "kv_cache_GB": round(cache / gb, 2),
+            "total_GB": round((weights + cache) / gb + CUDA_OVERHEAD_GB, 1)}  # fmt: skip
+
+
+def memory_plan(layout: TokenLayout, seq_len: int = 4092, batch_size: int = 4,
+                lora_r: int = 64, shape: dict = MISTRAL_7B) -> list[dict]:  # fmt: skip
+    """GB needed to train a Mistral-7B-shaped model on one GPU, per option (`training_memory`)."""
     rows = []
-    full = p["layers"] + p["embeddings"]
-    half = p["layers"] // 2 + p["embeddings"]
-    trainable_lora = lora_r * p["lora_per_rank"] + new_rows
-    for name, weights, trainable in (
-        ("full finetune, 32 layers", full * 4, full),
-        ("prune: keep every 2nd layer (16), full finetune", half * 4, half),
-        (f"LoRA r={lora_r} + new token rows, base in bf16", full * 2 + trainable_lora * 4,
-         trainable_lora),
+    for name, r, layers, nbytes in (
+        (f"full finetune, {shape['layers']} layers", None, None, 4),
+        (f"prune: keep every 2nd layer ({shape['layers'] // 2}), full finetune", None,
+         shape["layers"] // 2, 4),
+        (f"LoRA r={lora_r} + new token rows, base in bf16", lora_r, None, 2),
     ):  # fmt: skip
-        layers = 16 if "prune" in name else shape["layers"]
-        act = acts * layers / shape["layers"] + layer_acts + logits
-        state = trainable * (4 + 8)  # fp32 gradients + AdamW moments
-        total = weights + state + act
-        rows.append({"option": name, "trainable_params_M": round(trainable / 1e6),
-                     "weights_GB": round(weights / gb, 1), "grads_adam_GB": round(state / gb, 1),
-                     "activations_GB": round(act / gb, 1), "total_GB": round(total / gb, 1),
-                     "fits_80GB": total < 78 * gb})  # fmt: skip
+        plan = training_memory(layout, shape, seq_len, batch_size, r, layers, nbytes)
+        rows.append({"option": name, **plan, "fits_80GB": plan["total_GB"] < 80 * 0.93})
     return rows
+
+
+# Training recipes for 7B, best first; `recipe_for_gpu` names the first that fits a GPU.
+RECIPES = (
+    dict(name="LoRA r=64, all 32 layers, 4 x 4092 tokens", lora_r=64, keep_every=None,
+         seq_len=4092, batch_size=4),
+    dict(name="LoRA r=64, all 32 layers, 1 x 4092 tokens", lora_r=64, keep_every=None,
+         seq_len=4092, batch_size=1),
+    dict(name="LoRA r=16, keep every 2nd layer (16), 1 x 2046 tokens", lora_r=16, keep_every=2,
+         seq_len=2046, batch_size=1),
+    dict(name="LoRA r=16, keep every 4th layer (8), 1 x 2046 tokens", lora_r=16, keep_every=4,
+         seq_len=2046, batch_size=1),
+)
+
+
+def recipe_flags(recipe: dict) -> str:
+    """The ``train`` command-line flags of a recipe."""
+    flags = f"--lora-r {recipe['lora_r']} --seq-len {recipe['seq_len']} " \
+        f"--batch-size {recipe['batch_size']}"  # fmt: skip
+    return flags + (f" --keep-every {recipe['keep_every']}" if recipe["keep_every"] else "")
+
+
+def fitting_recipes(total_gb: float, weight_bytes: int = 2, shape: dict = MISTRAL_7B,
+                    layout: TokenLayout | None = None) -> list[dict]:  # fmt: skip
+    """The `RECIPES` that fit a GPU of ``total_gb``, each with its planned GB."""
+    layout = layout or TokenLayout(32000)
+    fits = []
+    for recipe in RECIPES:
+        layers = shape["layers"] // recipe["keep_every"] if recipe["keep_every"] else None
+        plan = training_memory(layout, shape, recipe["seq_len"], recipe["batch_size"],
+                               recipe["lora_r"], layers, weight_bytes)  # fmt: skip
+        if plan["total_GB"] <= total_gb * 0.93:
+            fits.append({**recipe, "total_GB": plan["total_GB"]})
+    return fits
+
+
+def recipe_for_gpu(name: str | None = None, total_gb: float | None = None,
+                   native_bf16: bool | None = None) -> str:  # fmt: skip
+    """What the full profile (Mistral-7B) runs on a GPU: chat, and the best training recipe
+    that fits, as lines to print. Defaults: this machine's first GPU."""
+    if total_gb is None:
+        if not torch.cuda.is_available():
+            return ("No GPU here: the full profile (Mistral-7B) needs one; the tiny profile "
+                    "runs every notebook on this CPU.")  # fmt: skip
+        props = torch.cuda.get_device_properties(0)
+        name, total_gb = props.name, props.total_memory / 1e9
+        from .config import native_bf16 as _native
+
+        native_bf16 = _native("cuda")
+    dtype = "bf16" if native_bf16 else "fp16 (no native bf16 here)"
+    lines = [f"GPU: {name or 'a GPU'}, {total_gb:.0f} GB; 7B runs in {dtype}."]
+    chat = inference_memory()
+    chat_fits = chat["total_GB"] <= total_gb * 0.93
+    if chat_fits:
+        lines.append(f"Chat (notebook 06): fits ({chat['total_GB']} GB: weights "
+                     f"{chat['weights_GB']} GB + KV cache {chat['kv_cache_GB']} GB).")
+    fits = fitting_recipes(total_gb)
+    if not fits:
+        lines.append("Training 7B: no recipe fits; use a GPU with 24 GB or more.")
+        return "\n".join(lines)
+    best = fits[0]
+    if not chat_fits:
+        kept = dict(MISTRAL_7B, layers=MISTRAL_7B["layers"] // (best["keep_every"] or 1))
+        pruned = inference_memory(kept)
+        lines.append(f"Chat (notebook 06): the whole 7B needs {chat['total_GB']} GB and does "
+                     f"not fit; the {kept['layers']}-layer model trained below chats in "
+                     f"{pruned['total_GB']} GB.")
+    lines.append(f"Training (notebook 05): {best['name']} ({best['total_GB']} GB planned): "
+                 f"`train {recipe_flags(best)}`.")
+    if best["keep_every"]:
+        lines.append("  Pruning drops layers, and with them some of what the base model knows: "
+                     "fine for learning the pipeline, weaker than 7B LoRA on 40-80 GB.")
+    if not native_bf16:
+        lines.append("  Without native bf16 the base runs in fp16 with loss scaling, at about "
+                     "a tenth of an A100's speed.")
+    return "\n".join(lines)
+
+
+class DoesNotFitError(RuntimeError):
+    """The training recipe needs more GPU memory than the device has."""
+
+
+def check_memory(plan: dict, device: str, what: str = "this recipe") -> None:
+    """Raise `DoesNotFitError` naming what fits when ``plan['total_GB']`` exceeds the free
+    memory of CUDA ``device`` (no-op elsewhere)."""
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return
+    free, total = (x / 1e9 for x in torch.cuda.mem_get_info(torch.device(device)))
+    if plan["total_GB"] <= free:
+        return
+    fits = fitting_recipes(total)
+    hint = "; ".join(f"{r['name']}: `{recipe_flags(r)}`" for r in fits[:2]) or \
+        "no 7B recipe fits this GPU"  # fmt: skip
+    raise DoesNotFitError(
+        f"{what} needs about {plan['total_GB']} GB of GPU memory ({plan}), but {device} has "
+        f"{free:.1f} of {total:.1f} GB free. What fits: {hint}. A smaller --seq-len or "
+        f"--batch-size (with more accumulation) or --keep-every also cut memory; pass "
+        f"--no-memory-check to try anyway.")  # fmt: skip
 
 
 def throughput_plan(lora_r: int = 64, mfu: float = 0.4, shape: dict = MISTRAL_7B,

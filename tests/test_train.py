@@ -10,7 +10,7 @@ import torch
 
 from speechlm_utils import data, train
 from speechlm_utils import model as speech_model
-from speechlm_utils.config import TrainConfig
+from speechlm_utils.config import ModelsConfig, TrainConfig
 from speechlm_utils.generate import Sampling, generate
 from speechlm_utils.manifest import write_json_atomic
 from speechlm_utils.tokenizer import SpeechTokenizer
@@ -21,13 +21,14 @@ from .conftest import DEMO_DIR, REPO
 CHUNK_GROUPS = 50  # 20 s chunks
 
 
-def make_tokens(root, tokenizer, videos=3, chunks=2, seed=0, lm="tiny-mistral"):
+def make_tokens(root, tokenizer, videos=3, chunks=2, seed=0, lm=None):
     """A token root like `tokenize` writes (layout.json, pieces, manifest), from random codes
     and demo words; each chunk is one piece of its video's stream."""
     rng = np.random.default_rng(seed)
     truth = json.loads((DEMO_DIR / "demo_ep_001.json").read_text())["words"]
     tokens = root / "tokens"
     digest = "synthetic01"
+    lm = lm or ModelsConfig.from_profile("tiny", data_dir=REPO / "data" / "tiny").lm
     write_json_atomic(tokens / "layout.json", {"digest": digest, **tokenizer.fingerprint(),
                                                "text_source": "sidecar", "lm": lm})  # fmt: skip
     lines = []
@@ -139,11 +140,18 @@ def test_lora_trains_only_adapters_and_new_rows_and_reloads(tiny_models, tok, to
     trainer.fit(max_steps=3, progress=False)
     after = up_proj.base_layer.weight
     assert torch.equal(frozen_before, after)  # the base stays frozen
-    reloaded, _ = train.load_run(tmp_path / "run", tiny_models)
+    merged, _ = train.load_run(tmp_path / "run", tiny_models)  # chat: adapters folded in
+    unmerged, _ = train.load_run(tmp_path / "run", tiny_models, merge=False)
+    assert not hasattr(merged, "peft_config") and hasattr(unmerged, "peft_config")
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
     ids = trainer.splits.train[0]["input_ids"][None]
     trainer.lm.eval()
     with torch.no_grad():
-        assert torch.allclose(trainer.lm(ids).logits, reloaded(ids).logits, atol=1e-5)
+        trained = trainer.lm(ids).logits
+        assert torch.allclose(trained, unmerged(ids).logits, atol=1e-5)
+        assert torch.allclose(trained, merged(ids).logits, atol=1e-4)
+    # the merge had something to fold in: training moved LoRA's B away from its zero init
+    assert any(p.abs().sum() > 0 for n, p in trainer.lm.named_parameters() if "lora_B" in n)
 
 
 def test_a_zero_weight_removes_that_kinds_gradient(tiny_models, tok, tokens):
@@ -198,7 +206,8 @@ def test_training_refuses_tokens_of_another_text_tokenizer(tiny_models, tok, tmp
     layout["text_tokenizer_sha1"] = "0123456789abcdef"  # as if made with v0.3's tokenizer
     write_json_atomic(tokens / "layout.json", layout)
     with pytest.raises(train.FingerprintError, match="0123456789abcdef") as err:
-        train.Trainer(cfg(), tiny_models, tokens, tmp_path / "run")
+        # the LM chosen on purpose (--lm): training does not follow the tokens' to v0.3
+        train.Trainer(cfg(), tiny_models.replace(chosen=("lm",)), tokens, tmp_path / "run")
     assert tok.fingerprint()["text_tokenizer_sha1"] in str(err.value)  # names both
     assert "Mistral-7B-v0.3" in str(err.value)
 
