@@ -60,6 +60,46 @@ def test_models_full_uses_hub_names_tiny_uses_local_files(tmp_path):
     assert other.lm == "mistralai/Mistral-7B-v0.3"
 
 
+def test_models_are_chosen_on_purpose_else_follow_the_record(tmp_path, monkeypatch):
+    for env in config.MODEL_ENV.values():
+        monkeypatch.delenv(env, raising=False)
+    default = ModelsConfig.from_profile("full", data_dir=tmp_path)
+    assert default.chosen == ()
+    monkeypatch.setenv("SPEECHLM_MIMI", str(tmp_path / "mimi.safetensors"))
+    chosen = ModelsConfig.from_profile("full", data_dir=tmp_path, lm="mistralai/Mistral-7B-v0.3",
+                                       whisper=None)  # a flag that was not given
+    assert chosen.lm == "mistralai/Mistral-7B-v0.3" and chosen.mimi.endswith("mimi.safetensors")
+    assert chosen.chosen == ("lm", "mimi") and chosen.whisper == "small.en"
+    local = tmp_path / "my-whisper.pt"
+    local.write_bytes(b"")
+    recorded = {"lm": "mistralai/Mistral-7B-v0.1", "mimi": "kyutai/other",
+                "whisper": str(local)}  # fmt: skip
+    followed = chosen.follow(recorded)
+    assert followed.lm == "mistralai/Mistral-7B-v0.3"  # chosen on purpose: kept
+    assert followed.mimi == chosen.mimi
+    assert followed.whisper == str(local)  # not chosen: what the earlier stage used
+    assert default.follow({"lm": "/gone/mistral", "whisper": "medium.en"}).lm == default.lm
+    assert default.follow({"whisper": "medium.en"}).whisper == "medium.en"  # a hub name
+    assert "chosen" in chosen.describe() and "full default" in chosen.describe()
+
+
+def test_every_loading_stage_takes_model_flags(monkeypatch):
+    from speechlm_utils.__main__ import _models, build_parser
+
+    for env in config.MODEL_ENV.values():
+        monkeypatch.delenv(env, raising=False)
+    parser = build_parser()
+    for stage in (["info"], ["tokenize"], ["train"], ["chat", "--run", "r", "--audio", "a"]):
+        args = parser.parse_args(["--profile", "full", *stage, "--lm", "my/lm", "--mimi",
+                                  "/m.safetensors", "--whisper", "base.en"])  # fmt: skip
+        models = _models(args)
+        assert (models.lm, models.mimi, models.whisper) == ("my/lm", "/m.safetensors", "base.en")
+        assert models.chosen == ("lm", "mimi", "whisper")
+    monkeypatch.setenv("SPEECHLM_LM", "env/lm")
+    assert _models(parser.parse_args(["--profile", "full", "train"])).lm == "env/lm"
+    assert _models(parser.parse_args(["--profile", "full", "train", "--lm", "x/y"])).lm == "x/y"
+
+
 @pytest.mark.parametrize("cls", STAGE_CONFIGS)
 @pytest.mark.parametrize("profile", config.PROFILES)
 def test_every_stage_has_a_config_per_profile(cls, profile, tmp_path):

@@ -300,3 +300,28 @@ def test_chat_reply_writes_the_lead_of_the_unanswered_audio(lm, tok, codec, monk
     session.continue_from(said)  # a tokenized stream's text slots are complete already
     session.reply(0.4, sampling)
     assert opened_s[-1] == 0.0
+
+
+def test_an_lm_without_a_sliding_window_gets_a_bounded_one(tiny_models, tok, tmp_path):
+    """Mistral-7B-v0.3 has ``sliding_window: null``: chat loads it with an attention window of
+    its own, so the KV cache stops growing past it."""
+    import json
+    import shutil
+
+    plain = tmp_path / "no-window"
+    shutil.copytree(tiny_models.lm, plain)
+    config = json.loads((plain / "config.json").read_text())
+    config["sliding_window"] = None
+    (plain / "config.json").write_text(json.dumps(config))
+    models = tiny_models.replace(lm=str(plain), chosen=("lm",))
+    start = [tok.layout.text_pad_id] * tok.layout.group_len
+    lengths = {}
+    for window in (None, 110):
+        model = build_speech_lm(models, tok.layout, attention_window=window).eval()
+        stats = {}
+        out = list(generate.stream_tokens(model, tok.layout, start, 300, generate.Sampling(seed=0),
+                                          stats=stats))  # fmt: skip
+        assert len(out) == 300
+        lengths[window] = stats["cache_len"]
+    assert lengths[None] == 22 + 300 - 1  # unbounded: every position stays
+    assert lengths[110] <= 110  # bounded by the window it was given

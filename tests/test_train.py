@@ -13,7 +13,7 @@ from speechlm_utils import model as speech_model
 from speechlm_utils.config import ModelsConfig, TrainConfig
 from speechlm_utils.generate import Sampling, generate
 from speechlm_utils.manifest import write_json_atomic
-from speechlm_utils.tokenizer import SpeechTokenizer
+from speechlm_utils.tokenizer import SpeechTokenizer, TokenLayout
 from speechlm_utils.words import Word
 
 from .conftest import DEMO_DIR, REPO
@@ -305,3 +305,32 @@ def test_load_run_uses_the_recorded_lm_and_checks_its_tokenizer(tiny_models, tok
     write_json_atomic(run / "run.json", meta)
     with pytest.raises(train.FingerprintError, match="feedfacefeedface"):
         train.load_run(run, tiny_models)
+
+
+def test_recipes_per_gpu_are_planned_and_stated():
+    a100 = train.recipe_for_gpu("A100-SXM4-80GB", 85.0, True)
+    assert "Chat (notebook 06): fits" in a100
+    assert "--lora-r 64 --seq-len 4092 --batch-size 4" in a100
+    t4 = train.recipe_for_gpu("Tesla T4", 15.8, False)
+    assert "does not fit" in t4 and "--keep-every 2" in t4 and "fp16" in t4  # honest about T4
+    # every recipe's plan grows with what it keeps
+    plans = [train.training_memory(TokenLayout(32000), seq_len=r["seq_len"],
+                                   batch_size=r["batch_size"], lora_r=r["lora_r"],
+                                   layers=32 // (r["keep_every"] or 1))["total_GB"]
+             for r in train.RECIPES]  # fmt: skip
+    assert plans == sorted(plans, reverse=True)
+    full = train.training_memory(TokenLayout(32000), lora_r=None, weight_bytes=4)
+    assert full["total_GB"] > 80 and train.training_memory(
+        TokenLayout(32000), lora_r=None, weight_bytes=4, shards=8)["total_GB"] < 40  # FSDP
+
+
+def test_a_recipe_too_big_for_the_gpu_is_refused_naming_what_fits(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (15.0e9, 15.8e9))
+    plan = train.training_memory(TokenLayout(32000))  # 7B LoRA, 4 x 4092: ~26 GB
+    with pytest.raises(train.DoesNotFitError, match="--keep-every 2") as err:
+        train.check_memory(plan, "cuda:0")
+    assert "15.0 of 15.8 GB free" in str(err.value)
+    train.check_memory(plan, "cpu")  # no check off the GPU
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (79e9, 85e9))
+    train.check_memory(plan, "cuda:0")  # fits an 80 GB card
