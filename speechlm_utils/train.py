@@ -7,7 +7,7 @@
   constrained decoding samples from), weighted by its kind: text, TEXT_PAD, semantic codebook
   0, acoustic codebooks 1..K-1. The mean over weights is minimised; each kind's loss is logged.
 - Schedule: linear warmup, then cosine to 10 % of the peak; gradient accumulation; clipping;
-  gradient checkpointing really enabled (``model.is_gradient_checkpointing`` is checked);
+  gradient checkpointing really enabled (the decoder's ``gradient_checkpointing`` is checked);
   ``torch.compile`` optional.
 - Checkpoints every N steps, written to a temp dir and renamed: trainable weights, optimizer,
   scheduler, RNG states and the data position, so ``resume`` continues the same run (bit for
@@ -316,8 +316,7 @@ class Trainer:
                                 list(cfg.keep_layers) if cfg.keep_layers else None,
                                 device=device, seed=cfg.seed, dtype=self.dtype)  # fmt: skip
         if cfg.grad_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable({"use_reentrant": False})
             if hasattr(model, "enable_input_require_grads"):
                 model.enable_input_require_grads()
             assert core_model(model).gradient_checkpointing, "gradient checkpointing is off"
@@ -848,6 +847,37 @@ def recipe_for_gpu(name: str | None = None, total_gb: float | None = None,
         lines.append("  Without native bf16 the base runs in fp16 with loss scaling, at about "
                      "a tenth of an A100's speed.")
     return "\n".join(lines)
+
+
+def recipe_config(cfg: TrainConfig, models: ModelsConfig | None = None,
+                  device: str | None = None) -> TrainConfig:  # fmt: skip
+    """``cfg``, or on a GPU too small for it the best `RECIPES` entry that fits (LoRA rank,
+    pruning, window and batch; accumulation raised to keep the tokens per step), so notebook 05
+    runs unedited on a T4 as on an A100. Unchanged off CUDA and in the tiny profile."""
+    device = device or (f"cuda:{distributed_env()[2]}" if pick_device() == "cuda" else "cpu")
+    if cfg.profile == "tiny" or not device.startswith("cuda"):
+        return cfg
+    from .checkpoints import lm_config
+
+    shape = lm_shape(lm_config(models)) if models is not None else MISTRAL_7B
+    layout = TokenLayout(32000)
+    nbytes = pick_dtype(device).itemsize
+    total = torch.cuda.get_device_properties(torch.device(device)).total_memory / 1e9
+    layers = shape["layers"] // (cfg.keep_every or 1)
+    own = training_memory(layout, shape, cfg.seq_len, cfg.batch_size, cfg.lora_r, layers, nbytes,
+                          cfg.grad_checkpointing)  # fmt: skip
+    if own["total_GB"] <= total * 0.93:
+        return cfg
+    fits = fitting_recipes(total, nbytes, shape, layout)
+    if not fits:
+        raise DoesNotFitError(f"no training recipe fits {total:.0f} GB (see recipe_for_gpu)")
+    best = fits[0]
+    tokens = cfg.seq_len * cfg.batch_size * cfg.grad_accum
+    accum = max(1, round(tokens / (best["seq_len"] * best["batch_size"])))
+    print(f"{total:.0f} GB GPU: the default recipe needs ~{own['total_GB']} GB; using "
+          f"{best['name']} ({best['total_GB']} GB planned), gradient accumulation {accum}")
+    return cfg.replace(lora_r=best["lora_r"], keep_every=best["keep_every"],
+                       seq_len=best["seq_len"], batch_size=best["batch_size"], grad_accum=accum)
 
 
 class DoesNotFitError(RuntimeError):

@@ -334,3 +334,53 @@ def test_a_recipe_too_big_for_the_gpu_is_refused_naming_what_fits(monkeypatch):
     train.check_memory(plan, "cpu")  # no check off the GPU
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (79e9, 85e9))
     train.check_memory(plan, "cuda:0")  # fits an 80 GB card
+
+
+def test_our_calls_raise_no_deprecation_warnings(tiny_models, tok, tokens, tmp_path):
+    """Training (LoRA, checkpointing on), loading for chat and cached generation: no
+    Deprecation/FutureWarning may be raised on behalf of a call in speechlm_utils. Libraries
+    warn from their own frames, so the caller is found on the stack when the warning is shown
+    (peft's own use of transformers' deprecated names is peft's)."""
+    import traceback
+    import warnings
+
+    ours = []
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, (DeprecationWarning, FutureWarning)):
+            return
+        for frame in reversed(traceback.extract_stack()[:-1]):
+            if "/peft/" in frame.filename:
+                return
+            if "/speechlm_utils/" in frame.filename:
+                ours.append(f"{category.__name__}: {message} (from {frame.filename}:"
+                            f"{frame.lineno})")  # fmt: skip
+                return
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        run = tmp_path / "run"
+        trainer = train.Trainer(cfg(lora_r=4, max_steps=1, grad_checkpointing=True), tiny_models,
+                                tokens, run)  # fmt: skip
+        trainer.fit(progress=False)
+        model, tokenizer = train.load_run(run, tiny_models)
+        ids = trainer.splits.train[0]["input_ids"][:44].tolist()
+        generate(model, tokenizer.layout, ids, 30, Sampling(seed=0))
+    assert not ours, "\n".join(ours)
+
+
+def test_notebook_05_adopts_the_recipe_that_fits_the_gpu(monkeypatch):
+    class Props:
+        total_memory = 15.8e9  # a T4
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    monkeypatch.setattr(train, "pick_dtype", lambda device: torch.float16)
+    full = TrainConfig.from_profile("full")
+    t4 = train.recipe_config(full, device="cuda:0")
+    assert (t4.lora_r, t4.keep_every, t4.seq_len, t4.batch_size) == (16, 2, 2046, 1)
+    assert t4.seq_len * t4.batch_size * t4.grad_accum == pytest.approx(
+        full.seq_len * full.batch_size * full.grad_accum, rel=0.01)  # same tokens per step
+    Props.total_memory = 85e9  # an 80 GB card keeps the default
+    assert train.recipe_config(full, device="cuda:0") == full
+    assert train.recipe_config(full, device="cpu") == full
