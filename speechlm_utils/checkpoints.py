@@ -285,7 +285,8 @@ def lm_config(models: ModelsConfig):
 
 
 def load_lm(models: ModelsConfig, device: str = "cpu", dtype: torch.dtype = torch.float32,
-            attention_window: int | None = None, vocab_rows: int | None = None):  # fmt: skip
+            attention_window: int | None = None, vocab_rows: int | None = None,
+            keep_layers: list[int] | None = None):  # fmt: skip
     """The base ``MistralForCausalLM`` from a hub name or a local dir, loaded straight into
     ``dtype`` on ``device`` (weights stream from the safetensors files to the device: no
     full-precision copy in host RAM, 15 GB of host memory suffice for 7B).
@@ -294,7 +295,9 @@ def load_lm(models: ModelsConfig, device: str = "cpu", dtype: torch.dtype = torc
     ones from the checkpoint, a block at a time (extending the vocabulary without a second
     copy of both tables). ``attention_window``: for an LM without a sliding window of its own
     (Mistral-7B-v0.3), attend to the last this-many positions, so the KV cache stays bounded
-    in generation; an LM with one keeps it."""
+    in generation; an LM with one keeps it. ``keep_layers``: build only these decoder layers
+    (original indices, increasing) and load each from the checkpoint, so a pruned model never
+    holds the layers it drops, not even while loading."""
     from transformers import MistralForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -306,6 +309,8 @@ def load_lm(models: ModelsConfig, device: str = "cpu", dtype: torch.dtype = torc
     resize = vocab_rows is not None and vocab_rows != config.vocab_size
     if resize:  # the two tables load fresh at the new size (transformers reports a mismatch)
         overrides.update(vocab_size=int(vocab_rows), ignore_mismatched_sizes=True)
+    if keep_layers is not None:  # layers 0..k-1 load first, then the kept ones replace them
+        overrides["num_hidden_layers"] = len(keep_layers)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
@@ -315,6 +320,8 @@ def load_lm(models: ModelsConfig, device: str = "cpu", dtype: torch.dtype = torc
         hf_logging.set_verbosity(verbosity)
     if resize:
         _load_table_rows(model, models.lm, config.vocab_size)
+    if keep_layers is not None:
+        _load_kept_layers(model, models.lm, keep_layers)
     return model
 
 
@@ -322,9 +329,9 @@ TABLES = {"model.embed_tokens.weight": "get_input_embeddings",
           "lm_head.weight": "get_output_embeddings"}  # fmt: skip
 
 
-def _safetensors_files(lm: str) -> dict[str, Path]:
+def _safetensors_files(lm: str, names=TABLES) -> dict[str, Path]:
     """Tensor name -> the safetensors file of ``lm`` (a local dir or a cached hub repo) that
-    holds it, for the two tables."""
+    holds it, for ``names``."""
     import json
 
     def fetch(name: str) -> Path | None:
@@ -342,12 +349,29 @@ def _safetensors_files(lm: str) -> dict[str, Path]:
     index = fetch("model.safetensors.index.json")
     if index is not None:
         weight_map = json.loads(index.read_text())["weight_map"]
-        return {k: fetch(weight_map[k]) for k in TABLES if k in weight_map}
+        files = {f: fetch(f) for f in {weight_map[k] for k in names if k in weight_map}}
+        return {k: files[weight_map[k]] for k in names if k in weight_map}
     single = fetch("model.safetensors")
     if single is None:
         raise FileNotFoundError(f"{lm} has no safetensors weights (model.safetensors or "
                                 "model.safetensors.index.json)")  # fmt: skip
-    return dict.fromkeys(TABLES, single)
+    return dict.fromkeys(names, single)
+
+
+@torch.no_grad()
+def _load_kept_layers(model, lm: str, kept: list[int]) -> None:
+    """Load decoder layer ``kept[n]`` of the checkpoint into layer ``n`` of ``model``, one
+    tensor at a time."""
+    from safetensors import safe_open
+
+    wanted = {}
+    for new, old in enumerate(kept):
+        if new != old:
+            for name, p in model.model.layers[new].named_parameters():
+                wanted[f"model.layers.{old}.{name}"] = p
+    for name, path in _safetensors_files(lm, list(wanted)).items():
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            wanted[name].copy_(f.get_tensor(name))
 
 
 @torch.no_grad()

@@ -69,16 +69,23 @@ def _row_stats(rows: torch.Tensor, block: int = 1024) -> tuple[torch.Tensor, tor
     return mean.float(), var.clamp_min(0).sqrt().float()
 
 
-def prune_layers(model, keep_every: int | None = None,
-                 keep_layers: list[int] | None = None) -> list[int]:  # fmt: skip
-    """Keep every ``keep_every``-th decoder layer (0, n, 2n, ...) or exactly ``keep_layers``;
-    renumbers them so the KV cache and sliding-window pattern stay right. Returns the kept
-    original indices."""
-    layers = model.model.layers
-    n = len(layers)
+def kept_layers(n: int, keep_every: int | None = None,
+                keep_layers: list[int] | None = None) -> list[int]:  # fmt: skip
+    """The original indices of the decoder layers kept out of ``n``: every ``keep_every``-th
+    (0, k, 2k, ...) or exactly ``keep_layers``."""
     kept = list(keep_layers) if keep_layers is not None else list(range(0, n, keep_every or 1))
     if not kept or any(not 0 <= i < n for i in kept) or sorted(set(kept)) != kept:
         raise ValueError(f"layers to keep must be increasing indices in [0, {n}), got {kept}")
+    return kept
+
+
+def prune_layers(model, keep_every: int | None = None,
+                 keep_layers: list[int] | None = None) -> list[int]:  # fmt: skip
+    """Keep every ``keep_every``-th decoder layer (0, n, 2n, ...) or exactly ``keep_layers`` of
+    a loaded model; renumbers them so the KV cache and sliding-window pattern stay right.
+    Returns the kept original indices. (`build_speech_lm` loads only the kept layers instead.)"""
+    layers = model.model.layers
+    kept = kept_layers(len(layers), keep_every, keep_layers)
     model.model.layers = torch.nn.ModuleList([layers[i] for i in kept])
     for new_index, layer in enumerate(model.model.layers):
         layer.self_attn.layer_idx = new_index
@@ -113,14 +120,15 @@ def build_speech_lm(models: ModelsConfig, layout: TokenLayout, lora_r: int | Non
     from .checkpoints import lm_config
 
     dtype = dtype or pick_dtype(device)
-    rows = lm_config(models).vocab_size
-    if rows != layout.text_vocab_size:
-        raise ValueError(f"{models.lm} has {rows} embedding rows but the text tokenizer has "
-                         f"{layout.text_vocab_size}: they must come from the same base model")
+    config = lm_config(models)
+    if config.vocab_size != layout.text_vocab_size:
+        raise ValueError(f"{models.lm} has {config.vocab_size} embedding rows but the text "
+                         f"tokenizer has {layout.text_vocab_size}: they must come from the same "
+                         "base model")  # fmt: skip
+    kept = kept_layers(config.num_hidden_layers, keep_every, keep_layers) if \
+        (keep_every or keep_layers) else None  # fmt: skip
     model = load_lm(models, device=device, dtype=dtype, attention_window=attention_window,
-                    vocab_rows=layout.padded_vocab_size)  # fmt: skip
-    if keep_every or keep_layers:
-        prune_layers(model, keep_every, keep_layers)
+                    vocab_rows=layout.padded_vocab_size, keep_layers=kept)  # fmt: skip
     extend_vocabulary(model, layout, seed)
     if lora_r:
         model = add_lora(model, layout, lora_r)

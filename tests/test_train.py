@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,7 +114,8 @@ def test_pruning_keeps_the_expected_layers(tiny_models, tok):
     pruned = speech_model.build_speech_lm(tiny_models, tok.layout, keep_every=2)
     assert len(pruned.model.layers) == 2 and pruned.config.num_hidden_layers == 2
     for new, old in zip(pruned.model.layers, [full.model.layers[0], full.model.layers[2]]):
-        assert torch.equal(new.mlp.up_proj.weight, old.mlp.up_proj.weight)
+        for (name, a), (_, b) in zip(new.state_dict().items(), old.state_dict().items()):
+            assert torch.equal(a, b), name  # loaded from the checkpoint's layer 2, not 1
     assert [layer.self_attn.layer_idx for layer in pruned.model.layers] == [0, 1]
     chosen = speech_model.build_speech_lm(tiny_models, tok.layout, keep_layers=[1, 3])
     assert torch.equal(chosen.model.layers[1].mlp.up_proj.weight,
@@ -124,6 +126,26 @@ def test_pruning_keeps_the_expected_layers(tiny_models, tok):
                                use_cache=False)  # fmt: skip
     with pytest.raises(ValueError, match="increasing indices"):
         speech_model.build_speech_lm(tiny_models, tok.layout, keep_layers=[3, 1])
+
+
+def test_a_sharded_checkpoint_loads_the_same_pruned_and_extended(tiny_models, tok, tmp_path):
+    """As hub repos store 7B: several safetensors files and an index; the kept layers and the
+    text rows of both tables are read from whichever file holds them."""
+    import shutil
+
+    from transformers import MistralForCausalLM
+
+    sharded = tmp_path / "sharded"
+    MistralForCausalLM.from_pretrained(tiny_models.lm).save_pretrained(sharded,
+                                                                      max_shard_size="2MB")
+    shutil.copy(Path(tiny_models.lm) / "tokenizer.model", sharded)
+    assert len(list(sharded.glob("*.safetensors"))) > 2
+    assert (sharded / "model.safetensors.index.json").exists()
+    other = tiny_models.replace(lm=str(sharded), chosen=("lm",))
+    a = speech_model.build_speech_lm(tiny_models, tok.layout, keep_layers=[1, 3])
+    b = speech_model.build_speech_lm(other, tok.layout, keep_layers=[1, 3])
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
 
 
 def test_lora_trains_only_adapters_and_new_rows_and_reloads(tiny_models, tok, tokens, tmp_path):
