@@ -131,6 +131,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     weights = tuple(float(x) for x in args.loss_weights.split(",")) if args.loss_weights else None
     cfg = _config(config.TrainConfig, args, keep_every=args.keep_every, max_steps=args.max_steps,
+                  epochs=args.epochs,
                   seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
                   wandb_mode=args.wandb, fsdp=args.fsdp or None, loss_weights=weights,
                   lora_r=args.lora_r, memory_check=False if args.no_memory_check else None)
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--keep-every", type=int,
                     help="prune: keep every n-th layer (alone: train the kept layers fully)")
     tr.add_argument("--max-steps", type=int)
+    tr.add_argument("--epochs", type=float,
+                    help="passes over the data: sizes steps, warmup and checkpoints to it")
     tr.add_argument("--seq-len", type=int)
     tr.add_argument("--batch-size", type=int)
     tr.add_argument("--lr", type=float)

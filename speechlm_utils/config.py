@@ -227,6 +227,11 @@ class ModelsConfig(StageConfig):
         return self.data_dir / "models" / "tiny"
 
     def __post_init__(self) -> None:
+        # a local model is recorded by its absolute path: a later stage may run elsewhere
+        for key in MODEL_ENV:
+            value = getattr(self, key)
+            if value != "tiny" and not Path(value).is_absolute() and Path(value).exists():
+                setattr(self, key, str(Path(value).resolve()))
         # "tiny" is a placeholder for the local files, so paths follow data_dir.
         if self.lm == "tiny":
             self.lm = str(self.tiny_dir / "mistral")
@@ -311,6 +316,7 @@ class TrainConfig(StageConfig):
     weight_decay: float = 0.1  # on matrices only
     warmup_steps: int = 100
     max_steps: int = 10_000
+    epochs: float | None = None  # size the schedule to the data instead (train.schedule_for_data)
     clip_norm: float = 1.0
     lora_r: int | None = 64  # LoRA rank, or None to train every kept weight
     keep_every: int | None = None  # layer pruning: keep every n-th layer

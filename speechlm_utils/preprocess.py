@@ -597,7 +597,18 @@ def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | P
         torch.cuda.set_device(device)  # device, which must be this rank's
     tokens_root = Path(tokens_root)
     if (tokens_root / LAYOUT_FILE).exists():  # resume with the models the root was made with
-        models = models.follow(read_token_layout(tokens_root))
+        recorded = read_token_layout(tokens_root)
+        followed = models.follow(recorded)
+        moved = [k for k in ("mimi", "whisper") if getattr(followed, k) != getattr(models, k)]
+        if moved and (codec is not None and "mimi" in moved or
+                      aligner is not None and "whisper" in moved):  # fmt: skip
+            raise TokenRootError(
+                f"{tokens_root} holds tokens made with " +
+                ", ".join(f"{k} {recorded[k]}" for k in moved) + ", but the models passed in "
+                "come from " + ", ".join(f"{getattr(models, k)}" for k in moved) + ": load them "
+                "from the root's own (models.follow(preprocess.read_token_layout(root))) or "
+                "tokenize into a new root")  # fmt: skip
+        models = followed
     tokenizer = SpeechTokenizer.from_config(text_tokenizer or load_text_tokenizer(models), cfg)
     digest = config_digest(tokenizer, models, cfg.text_source)
     claim_token_root(tokens_root, root_spec(tokenizer, models, cfg.text_source), digest)

@@ -297,6 +297,8 @@ class Trainer:
                                   cfg.seed, cfg.train_chunks)  # fmt: skip
         if len(self.splits.train) == 0:
             raise ValueError("no training windows: tokenize more audio or lower seq_len")
+        if cfg.epochs:
+            self.cfg = cfg = schedule_for_data(cfg, len(self.splits.train), self.world)
         # the frozen base in the device's compute dtype (bf16 where native, fp16 on older GPUs
         # with loss scaling, fp32 on CPUs); what trains in fp32 (model.upcast_trainable)
         self.dtype = pick_dtype(device)
@@ -441,6 +443,7 @@ class Trainer:
         torch.save(weights, tmp / "weights.pt")
         torch.save({"optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(), "step": self.step,
+                    "scaler": self.scaler.state_dict() if self.scaler else None,
                     "epoch": self.epoch, "cursor": self.cursor, "rng": _rng_state(),
                     "config": asdict(self.cfg)}, tmp / "trainer.pt")  # fmt: skip
         shutil.rmtree(final, ignore_errors=True)
@@ -462,6 +465,8 @@ class Trainer:
         state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.cursor = state["step"], state["epoch"], state["cursor"]
         _set_rng_state(state["rng"])
 
@@ -479,6 +484,22 @@ class Trainer:
             tmp.rename(final)
         return final
 
+    def _check_same_model(self) -> None:
+        """A resume must rebuild the model the run trained: same LoRA rank and layers."""
+        path = self.run_dir / "run.json"
+        if not path.exists():
+            return
+        meta = json.loads(path.read_text())
+        mine = self.describe()
+        differ = [k for k in ("lora_r", "keep_every", "keep_layers") if meta.get(k) != mine[k]]
+        if differ:
+            raise ValueError(
+                f"{self.run_dir} was trained with " +
+                ", ".join(f"{k}={meta.get(k)}" for k in differ) + "; this run asks for " +
+                ", ".join(f"{k}={mine[k]}" for k in differ) + ": resume with the run's own "
+                "settings (notebook 05: train.recipe_config(cfg, models, run_dir=run_dir)) or "
+                "train into a new --run-dir")  # fmt: skip
+
     def describe(self) -> dict:
         return {"layout": self.tokenizer.fingerprint(), "lora_r": self.cfg.lora_r,
                 "keep_every": self.cfg.keep_every,
@@ -488,7 +509,8 @@ class Trainer:
                 "whisper": self.token_layout.get("whisper", self.models.whisper),
                 "text_source": self.token_layout.get("text_source"),
                 "params": self.params, "step": self.step, "train_chunks": self.cfg.train_chunks,
-                "val_videos": sorted(self.splits.val_videos)}  # fmt: skip
+                "val_videos": sorted(self.splits.val_videos),
+                "recipe": {k: getattr(self.cfg, k) for k in RECIPE_FIELDS}}  # fmt: skip
 
     def ranks_in_sync(self) -> bool:
         """Whether every rank holds the same trainable weights (a checksum, all-gathered)."""
@@ -509,6 +531,7 @@ class Trainer:
 
         max_steps = max_steps or self.cfg.max_steps
         if resume and (ckpt := latest_checkpoint(self.run_dir)):
+            self._check_same_model()
             self.load_checkpoint(ckpt)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
@@ -665,6 +688,15 @@ def load_run(run_dir: str | Path, models: ModelsConfig | None = None, device: st
     if source is None:
         raise FileNotFoundError(f"{run_dir} has no final/ or checkpoint: train it first")
     dtype = dtype or pick_dtype(device)
+    from .checkpoints import lm_config
+
+    shape = lm_shape(lm_config(models))
+    if meta["keep_every"] or meta["keep_layers"]:
+        shape["layers"] = len(meta["keep_layers"] or range(0, shape["layers"], meta["keep_every"]))
+    check_memory(inference_memory(shape, tokenizer.layout.padded_vocab_size,
+                                  attention_window or 4096, dtype.itemsize), device,
+                 f"chat with {run_dir.name}", "A run trained with --keep-every 2 (the T4 "
+                 "recipe) needs about half; or use a GPU with more memory.")  # fmt: skip
     trained = torch.load(source / "weights.pt", map_location="cpu", mmap=True, weights_only=True)
     if merge:  # a plain model, the trained weights folded in (no adapters, no peft)
         model = build_speech_lm(models, tokenizer.layout, None, meta["keep_every"],
@@ -829,7 +861,9 @@ def recipe_for_gpu(name: str | None = None, total_gb: float | None = None,
                      f"{chat['weights_GB']} GB + KV cache {chat['kv_cache_GB']} GB).")
     fits = fitting_recipes(total_gb)
     if not fits:
-        lines.append("Training 7B: no recipe fits; use a GPU with 24 GB or more.")
+        smallest = min(r["total_GB"] for r in fitting_recipes(1e9))
+        lines.append(f"Training 7B: no recipe fits; the smallest (LoRA on 8 of 32 layers) "
+                     f"needs about {smallest} GB.")
         return "\n".join(lines)
     best = fits[0]
     if not chat_fits:
@@ -849,11 +883,26 @@ def recipe_for_gpu(name: str | None = None, total_gb: float | None = None,
     return "\n".join(lines)
 
 
+RECIPE_FIELDS = ("lora_r", "keep_every", "keep_layers", "seq_len", "batch_size", "grad_accum")
+
+
 def recipe_config(cfg: TrainConfig, models: ModelsConfig | None = None,
-                  device: str | None = None) -> TrainConfig:  # fmt: skip
+                  device: str | None = None, run_dir: str | Path | None = None) -> TrainConfig:
     """``cfg``, or on a GPU too small for it the best `RECIPES` entry that fits (LoRA rank,
     pruning, window and batch; accumulation raised to keep the tokens per step), so notebook 05
-    runs unedited on a T4 as on an A100. Unchanged off CUDA and in the tiny profile."""
+    runs unedited on a T4 as on an A100. A ``run_dir`` that already holds a run keeps the recipe
+    it recorded (a resume must rebuild the same model). Unchanged off CUDA and in the tiny
+    profile."""
+    recorded = Path(run_dir) / "run.json" if run_dir else None
+    if recorded is not None and recorded.exists():
+        recipe = json.loads(recorded.read_text()).get("recipe")
+        if recipe:
+            recipe["keep_layers"] = tuple(recipe["keep_layers"]) if recipe["keep_layers"] \
+                else None  # fmt: skip
+            changed = {k: v for k, v in recipe.items() if getattr(cfg, k) != v}
+            if changed:
+                print(f"{run_dir} holds a run: keeping its recipe {changed}")
+            return cfg.replace(**recipe)
     device = device or (f"cuda:{distributed_env()[2]}" if pick_device() == "cuda" else "cpu")
     if cfg.profile == "tiny" or not device.startswith("cuda"):
         return cfg
@@ -880,26 +929,59 @@ def recipe_config(cfg: TrainConfig, models: ModelsConfig | None = None,
                        seq_len=best["seq_len"], batch_size=best["batch_size"], grad_accum=accum)
 
 
+MIN_STEPS = 100  # a schedule sized to the data has at least this many steps when it can
+
+
+def schedule_for_data(cfg: TrainConfig, windows: int, world: int = 1) -> TrainConfig:
+    """``cfg`` with ``max_steps`` for ``cfg.epochs`` passes over ``windows`` training windows,
+    accumulation lowered (not below 1) so a small data set still gets `MIN_STEPS` steps, and
+    warmup, evaluation and checkpoints scaled to the run (at most a tenth of it each)."""
+    per_window = cfg.epochs * windows / (cfg.batch_size * world)
+    accum = max(1, min(cfg.grad_accum, int(per_window // MIN_STEPS)))
+    steps = max(1, math.ceil(per_window / accum))
+    tenth = max(1, steps // 10)
+    return cfg.replace(max_steps=steps, grad_accum=accum,
+                       warmup_steps=min(cfg.warmup_steps, tenth),
+                       eval_every=min(cfg.eval_every, tenth),
+                       save_every=min(cfg.save_every, tenth),
+                       sample_every=min(cfg.sample_every, steps) if cfg.sample_every else 0)
+
+
+def release_memory() -> None:
+    """Free what a dropped model held (Python's cycles, then CUDA's cache): call before loading
+    again in a notebook, e.g. on re-running a training cell."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class DoesNotFitError(RuntimeError):
     """The training recipe needs more GPU memory than the device has."""
 
 
-def check_memory(plan: dict, device: str, what: str = "this recipe") -> None:
-    """Raise `DoesNotFitError` naming what fits when ``plan['total_GB']`` exceeds the free
-    memory of CUDA ``device`` (no-op elsewhere)."""
+def check_memory(plan: dict, device: str, what: str = "this recipe",
+                 advice: str | None = None) -> None:  # fmt: skip
+    """Raise `DoesNotFitError` naming what fits (``advice``, default: the training recipes
+    that fit) when ``plan['total_GB']`` exceeds the free memory of CUDA ``device`` (no-op
+    elsewhere)."""
     if not str(device).startswith("cuda") or not torch.cuda.is_available():
         return
     free, total = (x / 1e9 for x in torch.cuda.mem_get_info(torch.device(device)))
     if plan["total_GB"] <= free:
         return
-    fits = fitting_recipes(total)
-    hint = "; ".join(f"{r['name']}: `{recipe_flags(r)}`" for r in fits[:2]) or \
-        "no 7B recipe fits this GPU"  # fmt: skip
+    if advice is None:
+        fits = fitting_recipes(total)
+        hint = "; ".join(f"{r['name']}: `{recipe_flags(r)}`" for r in fits[:2]) or \
+            "no 7B recipe fits this GPU"  # fmt: skip
+        advice = (f"What fits: {hint}. A smaller --seq-len or --batch-size (with more "
+                  "accumulation) or --keep-every also cut memory; pass --no-memory-check to "
+                  "try anyway.")  # fmt: skip
     raise DoesNotFitError(
         f"{what} needs about {plan['total_GB']} GB of GPU memory ({plan}), but {device} has "
-        f"{free:.1f} of {total:.1f} GB free. What fits: {hint}. A smaller --seq-len or "
-        f"--batch-size (with more accumulation) or --keep-every also cut memory; pass "
-        f"--no-memory-check to try anyway.")  # fmt: skip
+        f"{free:.1f} of {total:.1f} GB free (a model still loaded in this kernel? "
+        f"train.release_memory() after dropping it). {advice}")  # fmt: skip
 
 
 def throughput_plan(lora_r: int = 64, mfu: float = 0.4, shape: dict = MISTRAL_7B,
@@ -927,8 +1009,8 @@ def ensure_run(cfg: TrainConfig, models: ModelsConfig, run_dir: str | Path,
     from .preprocess import ensure_tokens
 
     run_dir = Path(run_dir)
-    if (run_dir / "final" / "weights.pt").exists():
-        return run_dir
+    if (run_dir / "final" / "weights.pt").exists() or latest_checkpoint(run_dir):
+        return run_dir  # a checkpoint will do: a long run can be tried while it trains
     if cfg.profile != "tiny":
         raise FileNotFoundError(f"{run_dir} has no trained model: run notebook 05 first")
     tokens = ensure_tokens(TokenizeConfig.from_profile("tiny", data_dir=cfg.data_dir), models)

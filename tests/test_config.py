@@ -151,3 +151,10 @@ def test_bf16_only_where_native(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert config.native_bf16("cuda:0") and config.pick_dtype("cuda") == torch.bfloat16
     assert config.pick_dtype("cpu") == torch.float32
+
+
+def test_a_local_model_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
+    (tmp_path / "models" / "my-mistral").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    models = ModelsConfig.from_profile("full", data_dir=tmp_path, lm="models/my-mistral")
+    assert models.lm == str(tmp_path / "models" / "my-mistral")  # not a hub name elsewhere

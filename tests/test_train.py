@@ -406,3 +406,27 @@ def test_notebook_05_adopts_the_recipe_that_fits_the_gpu(monkeypatch):
     Props.total_memory = 85e9  # an 80 GB card keeps the default
     assert train.recipe_config(full, device="cuda:0") == full
     assert train.recipe_config(full, device="cpu") == full
+
+
+def test_a_schedule_sized_to_the_data():
+    full = TrainConfig.from_profile("full", epochs=2.0)  # 4 x 8 windows per step by default
+    big = train.schedule_for_data(full, windows=160_000)
+    assert big.max_steps == 10_000 and big.grad_accum == 8 and big.warmup_steps == 100
+    small = train.schedule_for_data(full, windows=400)  # a Colab's few hours of audio
+    assert small.grad_accum == 2 and small.max_steps == 100  # accumulation lowered for steps
+    assert small.warmup_steps == 10 and small.save_every == 10 and small.eval_every == 10
+    tiny = train.schedule_for_data(full, windows=10)
+    assert (tiny.grad_accum, tiny.max_steps, tiny.warmup_steps) == (1, 5, 1)
+
+
+def test_a_resume_keeps_the_runs_recipe(tiny_models, tokens, tmp_path):
+    run = tmp_path / "run"
+    train.Trainer(cfg(lora_r=4, max_steps=1, save_every=1), tiny_models, tokens, run).fit(
+        progress=False)
+    other = cfg(lora_r=8, max_steps=2)
+    with pytest.raises(ValueError, match="lora_r=4"):  # not a raw shape error
+        train.Trainer(other, tiny_models, tokens, run).fit(resume=True, progress=False)
+    kept = train.recipe_config(other, tiny_models, run_dir=run)
+    assert kept.lora_r == 4 and kept.seq_len == other.seq_len
+    train.Trainer(kept, tiny_models, tokens, run).fit(resume=True, progress=False)
+    assert train.read_metrics(run)[-1]["step"] == 2
