@@ -131,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     weights = tuple(float(x) for x in args.loss_weights.split(",")) if args.loss_weights else None
     cfg = _config(config.TrainConfig, args, keep_every=args.keep_every, max_steps=args.max_steps,
-                  epochs=args.epochs,
+                  epochs=args.epochs, save_every=args.save_every,
                   seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
                   wandb_mode=args.wandb, fsdp=args.fsdp or None, loss_weights=weights,
                   lora_r=args.lora_r, memory_check=False if args.no_memory_check else None)
@@ -141,7 +141,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     tokens = args.tokens or cfg.data_dir / "tokens"
     run = args.run or cfg.data_dir / "runs" / "default"
     trainer = Trainer(cfg, models, tokens, run)
-    result = trainer.fit(resume=args.resume, sample_fn=make_sample_fn(trainer.models))
+    result = trainer.fit(resume=args.resume, sample_fn=make_sample_fn(trainer.models),
+                         stop_after=args.stop_after)  # fmt: skip
     if trainer.rank == 0:
         print(f"{result.steps} steps; loss {result.last('loss')}, val {result.last('val_loss')}")
         print(f"run: {run}")
@@ -262,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--keep-every", type=int,
                     help="prune: keep every n-th layer (alone: train the kept layers fully)")
     tr.add_argument("--max-steps", type=int)
+    tr.add_argument("--save-every", type=int, help="checkpoint every N steps")
+    tr.add_argument("--stop-after", type=int,
+                    help="stop after step N (checkpoint, no final/; the schedule unchanged)")
     tr.add_argument("--epochs", type=float,
                     help="passes over the data: sizes steps, warmup and checkpoints to it")
     tr.add_argument("--seq-len", type=int)

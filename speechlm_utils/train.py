@@ -295,8 +295,10 @@ class Trainer:
         seq_len = cfg.seq_len // self.layout.group_len * self.layout.group_len
         self.splits = load_splits(self.tokens_root, self.layout, seq_len, cfg.val_fraction,
                                   cfg.seed, cfg.train_chunks)  # fmt: skip
-        if len(self.splits.train) == 0:
-            raise ValueError("no training windows: tokenize more audio or lower seq_len")
+        if len(self.splits.train) < max(1, self.world):  # each rank must have a window
+            raise ValueError(f"{len(self.splits.train)} training windows for {self.world} "
+                             "rank(s): every rank needs at least one; tokenize more audio, "
+                             "lower --seq-len or use fewer GPUs")  # fmt: skip
         if cfg.epochs:
             self.cfg = cfg = schedule_for_data(cfg, len(self.splits.train), self.world)
         # the frozen base in the device's compute dtype (bf16 where native, fp16 on older GPUs
@@ -524,12 +526,15 @@ class Trainer:
     # -- the loop --
 
     def fit(self, max_steps: int | None = None, resume: bool = False, progress: bool = True,
-            sample_fn=None) -> TrainResult:  # fmt: skip
+            sample_fn=None, stop_after: int | None = None) -> TrainResult:  # fmt: skip
         """Train until ``max_steps`` (default ``cfg.max_steps``); ``resume`` continues from the
-        latest checkpoint. ``sample_fn(trainer)`` returns a dict to log (audio samples)."""
+        latest checkpoint. ``sample_fn(trainer)`` returns a dict to log (audio samples).
+        ``stop_after=N`` stops after step N with a checkpoint and no ``final/``, the schedule
+        unchanged: an interruption on purpose, which ``resume`` continues."""
         from tqdm.auto import tqdm
 
         max_steps = max_steps or self.cfg.max_steps
+        stopping = stop_after is not None and stop_after < max_steps
         if resume and (ckpt := latest_checkpoint(self.run_dir)):
             self._check_same_model()
             self.load_checkpoint(ckpt)
@@ -542,7 +547,7 @@ class Trainer:
                    disable=not progress or self.rank != 0)  # fmt: skip
         tokens_per_step = self.cfg.batch_size * self.cfg.grad_accum * self.splits.train.seq_len
         try:
-            while self.step < max_steps:
+            while self.step < (stop_after if stopping else max_steps):
                 start = time.perf_counter()
                 metrics = self.train_step()
                 seconds = time.perf_counter() - start
@@ -555,7 +560,8 @@ class Trainer:
                 logger.log(metrics)
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-                if self.step % self.cfg.save_every == 0 or self.step == max_steps:
+                if self.step % self.cfg.save_every == 0 or self.step == max_steps or \
+                        (stopping and self.step == stop_after):  # fmt: skip
                     if self.world > 1:
                         in_sync = self.ranks_in_sync()
                         logger.log({"step": self.step, "ranks_in_sync": in_sync})
@@ -563,7 +569,8 @@ class Trainer:
         finally:
             bar.close()
             logger.close()
-        self.save_final()
+        if not stopping:
+            self.save_final()
         return TrainResult(self.run_dir, self.step, history)
 
 

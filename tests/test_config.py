@@ -95,6 +95,8 @@ def test_every_loading_stage_takes_model_flags(monkeypatch):
         models = _models(args)
         assert (models.lm, models.mimi, models.whisper) == ("my/lm", "/m.safetensors", "base.en")
         assert models.chosen == ("lm", "mimi", "whisper")
+    args = parser.parse_args(["train", "--save-every", "5", "--stop-after", "12"])
+    assert (args.save_every, args.stop_after) == (5, 12)
     monkeypatch.setenv("SPEECHLM_LM", "env/lm")
     assert _models(parser.parse_args(["--profile", "full", "train"])).lm == "env/lm"
     assert _models(parser.parse_args(["--profile", "full", "train", "--lm", "x/y"])).lm == "x/y"

@@ -239,13 +239,14 @@ def test_resume_continues_the_same_run(tiny_models, tokens, tmp_path):
     losses_a = [h["loss"] for h in straight.fit(progress=False).history]
 
     first = train.Trainer(cfg(max_steps=8, save_every=4), tiny_models, tokens, tmp_path / "b")
-    first.fit(max_steps=4, progress=False)  # stops at a checkpoint, as after a crash
+    first.fit(stop_after=3, progress=False)  # `train --stop-after 3`: as if it crashed there
+    assert not (tmp_path / "b" / "final").exists()  # stopped, not finished
     second = train.Trainer(cfg(max_steps=8, save_every=4), tiny_models, tokens, tmp_path / "b")
     losses_b = [h["loss"] for h in second.fit(resume=True, progress=False).history]
-    assert second.step == 8 and len(losses_b) == 4
-    assert losses_b == losses_a[4:]  # bit for bit on CPU
+    assert second.step == 8 and len(losses_b) == 5
+    assert losses_b == losses_a[3:]  # bit for bit on CPU: the schedule did not change
     ckpts = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
-    assert ckpts == ["step-0000004", "step-0000008"] and not list(
+    assert ckpts == ["step-0000003", "step-0000004", "step-0000008"] and not list(
         (tmp_path / "b" / "checkpoints").glob(".tmp*"))
 
 
