@@ -131,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     weights = tuple(float(x) for x in args.loss_weights.split(",")) if args.loss_weights else None
     cfg = _config(config.TrainConfig, args, keep_every=args.keep_every, max_steps=args.max_steps,
-                  epochs=args.epochs, save_every=args.save_every,
+                  epochs=args.epochs, save_every=args.save_every, grad_accum=args.grad_accum,
                   seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
                   wandb_mode=args.wandb, fsdp=args.fsdp or None, loss_weights=weights,
                   lora_r=args.lora_r, memory_check=False if args.no_memory_check else None)
@@ -264,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="prune: keep every n-th layer (alone: train the kept layers fully)")
     tr.add_argument("--max-steps", type=int)
     tr.add_argument("--save-every", type=int, help="checkpoint every N steps")
+    tr.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
     tr.add_argument("--stop-after", type=int,
                     help="stop after step N (checkpoint, no final/; the schedule unchanged)")
     tr.add_argument("--epochs", type=float,

@@ -385,14 +385,59 @@ class Trainer:
         with torch.autocast(kind, dtype=self.autocast, enabled=self.autocast is not None):
             return self.model(batch["input_ids"], batch["labels"])
 
+    def _gradient_sync(self, on: bool):
+        """A context in which backward all-reduces (DDP) or reduce-scatters (FSDP) gradients
+        only when ``on``: accumulation micro-batches before the last keep theirs local."""
+        from contextlib import nullcontext
+
+        if self.world == 1:
+            return nullcontext()
+        if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
+            self.model.set_requires_gradient_sync(on)
+            return nullcontext()
+        return nullcontext() if on else self.model.no_sync()  # DDP
+
+    def full_root(self):
+        """A context in which the model can be called outside its own forward (sampling):
+        under FSDP the root's embedding, norm and head are gathered whole, then resharded."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def gathered():
+            sharded = hasattr(self.model, "unshard") and self.world > 1
+            if sharded:
+                self.model.unshard()
+            try:
+                yield
+            finally:
+                if sharded:
+                    self.model.reshard()
+
+        return gathered()
+
+    def _reshard(self) -> None:
+        """FSDP2 leaves the root's parameters gathered after a forward without backward (an
+        evaluation); shard them again, so the optimizer's parameters are the module's."""
+        if self.world > 1 and hasattr(self.model, "reshard"):
+            self.model.reshard()
+
+    def _fsdp_optimizer(self) -> bool:
+        return self.cfg.fsdp and self.world > 1
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
     def train_step(self) -> dict:
         self.model.train()
         parts = torch.zeros(len(LOSS_KINDS), 2)
         total = 0.0
-        for _ in range(self.cfg.grad_accum):
-            loss, p = self._forward(self._next_batch())
-            scaled = loss / self.cfg.grad_accum
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        for micro in range(self.cfg.grad_accum):
+            last = micro == self.cfg.grad_accum - 1
+            with self._gradient_sync(last):  # communicate once per step, not per micro-batch
+                loss, p = self._forward(self._next_batch())
+                scaled = loss / self.cfg.grad_accum
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += float(loss.detach()) / self.cfg.grad_accum
             parts += p.cpu()
         if self.scaler:  # fp16: unscale before clipping; a step with inf/nan grads is skipped
@@ -426,6 +471,7 @@ class Trainer:
             loss, p = self._forward(batch)
             losses.append(float(loss))
             parts += p.cpu()
+        self._reshard()
         out = {"val_loss": float(np.mean(losses)) if losses else float("nan")}
         out.update({f"val_loss_{k}": float(s / c) for k, (s, c) in zip(LOSS_KINDS, parts) if c})
         return out
@@ -435,15 +481,28 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Atomic: written to a temp dir, renamed; keeps the last ``cfg.keep_last``."""
         weights = _trainable_state(self.model)  # on every rank: FSDP gathers the shards
-        if self.rank != 0:
-            return None
         ckpt_root = self.run_dir / "checkpoints"
         final = ckpt_root / f"step-{self.step:07d}"
         tmp = ckpt_root / f".tmp-step-{self.step:07d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self._barrier()
+        if self._fsdp_optimizer():  # each rank writes its own shard of the Adam state
+            self._reshard()
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+            dcp.save({"optimizer": get_optimizer_state_dict(self.model, self.optimizer)},
+                     checkpoint_id=str(tmp / "optimizer"))  # fmt: skip
+        if self.world > 1:
+            torch.save(_rng_state(), tmp / f"rng-rank{self.rank}.pt")
+        self._barrier()
+        if self.rank != 0:
+            return None
         torch.save(weights, tmp / "weights.pt")
-        torch.save({"optimizer": self.optimizer.state_dict(),
+        optimizer = None if self._fsdp_optimizer() else self.optimizer.state_dict()
+        torch.save({"optimizer": optimizer,
                     "scheduler": self.scheduler.state_dict(), "step": self.step,
                     "scaler": self.scaler.state_dict() if self.scaler else None,
                     "epoch": self.epoch, "cursor": self.cursor, "rng": _rng_state(),
@@ -465,12 +524,24 @@ class Trainer:
                 value = distribute_tensor(value.to(p.device), p.device_mesh, p.placements)
             p.data.copy_(value)
         state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self._fsdp_optimizer():
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import (
+                get_optimizer_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            optimizer = {"optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
+            dcp.load(optimizer, checkpoint_id=str(path / "optimizer"))
+            set_optimizer_state_dict(self.model, self.optimizer, optimizer["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.cursor = state["step"], state["epoch"], state["cursor"]
-        _set_rng_state(state["rng"])
+        own = path / f"rng-rank{self.rank}.pt"  # each rank its own generators
+        _set_rng_state(torch.load(own, weights_only=False) if own.exists() else state["rng"])
 
     def save_final(self) -> Path:
         """``final/``: the trainable weights plus what rebuilds the model (`load_run`)."""
@@ -636,8 +707,10 @@ def make_sample_fn(models: ModelsConfig, prompt_s: float = 4.0, continue_s: floa
         lm = _language_model(trainer.model)
         lm.eval()
         lm.config.use_cache = True
-        new = generate(lm, lay, prompt, int(continue_s / lay.group_duration_s) * lay.group_len,
-                       Sampling(temperature, temperature, seed=trainer.step))  # fmt: skip
+        with trainer.full_root():  # FSDP: the root's tables whole while generating
+            new = generate(lm, lay, prompt,
+                           int(continue_s / lay.group_duration_s) * lay.group_len,
+                           Sampling(temperature, temperature, seed=trainer.step))  # fmt: skip
         lm.config.use_cache = False
         codec = state["codec"]
         _, prompt_codes = trainer.tokenizer.decode(prompt.numpy())
