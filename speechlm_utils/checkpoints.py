@@ -286,7 +286,7 @@ def lm_config(models: ModelsConfig):
 
 def load_lm(models: ModelsConfig, device: str = "cpu", dtype: torch.dtype = torch.float32,
             attention_window: int | None = None, vocab_rows: int | None = None,
-            keep_layers: list[int] | None = None):  # fmt: skip
+            keep_layers: list[int] | None = None, config=None):  # fmt: skip
     """The base ``MistralForCausalLM`` from a hub name or a local dir, loaded straight into
     ``dtype`` on ``device`` (weights stream from the safetensors files to the device: no
     full-precision copy in host RAM, 15 GB of host memory suffice for 7B).
@@ -297,12 +297,12 @@ def load_lm(models: ModelsConfig, device: str = "cpu", dtype: torch.dtype = torc
     (Mistral-7B-v0.3), attend to the last this-many positions, so the KV cache stays bounded
     in generation; an LM with one keeps it. ``keep_layers``: build only these decoder layers
     (original indices, increasing) and load each from the checkpoint, so a pruned model never
-    holds the layers it drops, not even while loading."""
+    holds the layers it drops, not even while loading. ``config``: `lm_config`'s, when the
+    caller has read it already."""
     from transformers import MistralForCausalLM
     from transformers.utils import logging as hf_logging
 
-    _ensure_if_tiny(models, "lm")
-    config = lm_config(models)
+    config = config or lm_config(models)
     overrides = {}
     if attention_window and getattr(config, "sliding_window", None) is None:
         overrides["sliding_window"] = int(attention_window)

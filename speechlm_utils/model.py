@@ -15,8 +15,8 @@
 - **Lean loading**: the base loads straight into its compute dtype on its device (bf16 on
   Ampere and later, fp16 on older GPUs, fp32 on CPUs; `config.pick_dtype`); only what trains
   is upcast to fp32 (LoRA and the new rows, or every weight in a full finetune). 7B never
-  exists in fp32 in host memory. For chat, `merge_for_inference` folds LoRA and the trained
-  rows into the weights once, so generation runs a plain model.
+  exists in fp32 in host memory. For chat, `merge_trained` folds LoRA and the trained rows
+  into the weights once, so generation runs a plain model.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ PEFT_PREFIX = "base_model.model."  # how peft names the wrapped model's paramete
 @torch.no_grad()
 def extend_vocabulary(model, layout: TokenLayout, seed: int = 0) -> None:
     """Grow the input and output tables to ``layout.padded_vocab_size`` rows (see module doc)."""
-    old, rows = layout.text_vocab_size, model.get_input_embeddings().weight.shape[0]
-    if rows == old:
+    old, have = layout.text_vocab_size, model.get_input_embeddings().weight.shape[0]
+    if have == old:
         model.resize_token_embeddings(layout.padded_vocab_size, mean_resizing=False)
-    elif rows != layout.padded_vocab_size:  # already sized by load_lm(vocab_rows=...)
-        raise ValueError(f"the model has {rows} embedding rows but the text tokenizer has "
+    elif have != layout.padded_vocab_size:  # already sized by load_lm(vocab_rows=...)
+        raise ValueError(f"the model has {have} embedding rows but the text tokenizer has "
                          f"{old}: they must come from the same base model")
     gen = torch.Generator().manual_seed(seed)
     tables = [model.get_input_embeddings().weight]
@@ -72,26 +72,11 @@ def _row_stats(rows: torch.Tensor, block: int = 1024) -> tuple[torch.Tensor, tor
 def kept_layers(n: int, keep_every: int | None = None,
                 keep_layers: list[int] | None = None) -> list[int]:  # fmt: skip
     """The original indices of the decoder layers kept out of ``n``: every ``keep_every``-th
-    (0, k, 2k, ...) or exactly ``keep_layers``."""
+    (0, k, 2k, ...) or exactly ``keep_layers`` (`build_speech_lm` loads only those, renumbered
+    0..k-1 so the KV cache and sliding-window pattern stay right)."""
     kept = list(keep_layers) if keep_layers is not None else list(range(0, n, keep_every or 1))
     if not kept or any(not 0 <= i < n for i in kept) or sorted(set(kept)) != kept:
         raise ValueError(f"layers to keep must be increasing indices in [0, {n}), got {kept}")
-    return kept
-
-
-def prune_layers(model, keep_every: int | None = None,
-                 keep_layers: list[int] | None = None) -> list[int]:  # fmt: skip
-    """Keep every ``keep_every``-th decoder layer (0, n, 2n, ...) or exactly ``keep_layers`` of
-    a loaded model; renumbers them so the KV cache and sliding-window pattern stay right.
-    Returns the kept original indices. (`build_speech_lm` loads only the kept layers instead.)"""
-    layers = model.model.layers
-    kept = kept_layers(len(layers), keep_every, keep_layers)
-    model.model.layers = torch.nn.ModuleList([layers[i] for i in kept])
-    for new_index, layer in enumerate(model.model.layers):
-        layer.self_attn.layer_idx = new_index
-    model.config.num_hidden_layers = len(kept)
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = [model.config.layer_types[i] for i in kept]
     return kept
 
 
@@ -128,7 +113,8 @@ def build_speech_lm(models: ModelsConfig, layout: TokenLayout, lora_r: int | Non
     kept = kept_layers(config.num_hidden_layers, keep_every, keep_layers) if \
         (keep_every or keep_layers) else None  # fmt: skip
     model = load_lm(models, device=device, dtype=dtype, attention_window=attention_window,
-                    vocab_rows=layout.padded_vocab_size, keep_layers=kept)  # fmt: skip
+                    vocab_rows=layout.padded_vocab_size, keep_layers=kept,
+                    config=config)  # fmt: skip
     extend_vocabulary(model, layout, seed)
     if lora_r:
         model = add_lora(model, layout, lora_r)
@@ -178,14 +164,8 @@ def merge_trained(model, trained: dict, layout: TokenLayout) -> None:
                            "trained with another layer selection or LoRA setting?")  # fmt: skip
 
 
-def merge_for_inference(model, dtype: torch.dtype | None = None):
-    """A plain ``MistralForCausalLM`` for generation: a peft model's LoRA and trained token rows
-    folded into its weights (``merge_and_unload``), everything in ``dtype`` if given, in eval
-    mode with the KV cache on."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    if dtype is not None:
-        model = model.to(dtype)
+def for_inference(model):
+    """``model`` frozen, in eval mode, with the KV cache on: ready for generation."""
     model.requires_grad_(False)
     model.config.use_cache = True
     return model.eval()

@@ -272,7 +272,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, models: ModelsConfig, tokens_root: str | Path,
                  run_dir: str | Path, device: str | None = None):  # fmt: skip
         from .checkpoints import load_text_tokenizer
-        from .model import build_speech_lm, count_parameters
+        from .model import build_speech_lm, count_parameters, kept_layers
 
         self.cfg, self.models = cfg, models
         self.tokens_root, self.run_dir = Path(tokens_root), Path(run_dir)
@@ -307,8 +307,7 @@ class Trainer:
         self.autocast = self.dtype if self.dtype != torch.float32 else None
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         shape = lm_shape(lm_config(models))
-        layers = len(cfg.keep_layers) if cfg.keep_layers else \
-            len(range(0, shape["layers"], cfg.keep_every or 1))  # fmt: skip
+        layers = len(kept_layers(shape["layers"], cfg.keep_every, cfg.keep_layers))
         self.memory = training_memory(self.layout, shape, seq_len, cfg.batch_size, cfg.lora_r,
                                       layers, self.dtype.itemsize, cfg.grad_checkpointing,
                                       self.world if cfg.fsdp else 1)  # fmt: skip
@@ -749,7 +748,7 @@ def load_run(run_dir: str | Path, models: ModelsConfig | None = None, device: st
     recorded local path is gone (`ModelsConfig.follow`); either way its text tokenizer must
     match the run's. ``attention_window``: see `checkpoints.load_lm`."""
     from .checkpoints import load_text_tokenizer
-    from .model import build_speech_lm, merge_for_inference, merge_trained
+    from .model import build_speech_lm, for_inference, kept_layers, merge_trained
 
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / "run.json").read_text())
@@ -771,8 +770,7 @@ def load_run(run_dir: str | Path, models: ModelsConfig | None = None, device: st
     from .checkpoints import lm_config
 
     shape = lm_shape(lm_config(models))
-    if meta["keep_every"] or meta["keep_layers"]:
-        shape["layers"] = len(meta["keep_layers"] or range(0, shape["layers"], meta["keep_every"]))
+    shape["layers"] = len(kept_layers(shape["layers"], meta["keep_every"], meta["keep_layers"]))
     check_memory(inference_memory(shape, tokenizer.layout.padded_vocab_size,
                                   attention_window or 4096, dtype.itemsize), device,
                  f"chat with {run_dir.name}", "A run trained with --keep-every 2 (the T4 "
@@ -784,7 +782,7 @@ def load_run(run_dir: str | Path, models: ModelsConfig | None = None, device: st
                                 attention_window=attention_window, upcast=False)  # fmt: skip
         merge_trained(model, trained, tokenizer.layout)
         del trained
-        return merge_for_inference(model), tokenizer
+        return for_inference(model), tokenizer
     model = build_speech_lm(models, tokenizer.layout, meta["lora_r"], meta["keep_every"],
                             meta["keep_layers"], device=device, dtype=dtype,
                             attention_window=attention_window, upcast=False)  # fmt: skip
@@ -792,8 +790,7 @@ def load_run(run_dir: str | Path, models: ModelsConfig | None = None, device: st
     with torch.no_grad():
         for name, value in trained.items():
             params[name].copy_(value)
-    model.config.use_cache = True
-    return model.eval(), tokenizer
+    return for_inference(model), tokenizer
 
 
 # -- the paper plan for 7B ----------------------------------------------------------------------
