@@ -162,7 +162,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
     model, tokenizer = load_run(args.run, _models(args), device, attention_window=window)
     models = run_models(args.run, _models(args))  # the codec the run's tokens were made with
     codec = Codec.load(models, tokenizer.layout.num_codebooks, device)
-    session = ChatSession(model, tokenizer, codec, Aligner.load(models, device))
+    session = ChatSession(model, tokenizer, codec, Aligner.load(models, device),
+                          decode=args.decode or cfg.decode)  # fmt: skip
     try:
         wav24, wav16 = decode_user_audio(Path(args.audio).read_bytes(), Path(args.audio).name)
     except (OSError, ValueError) as err:
@@ -289,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--seed", type=int, default=None)
     ch.add_argument("--attention-window", type=int,
                     help="tokens attended to by an LM without a sliding window (default 4096)")
+    ch.add_argument("--decode", choices=("auto", "eager", "static", "compiled"),
+                    help="auto (default): the compiled ring-cache step on a CUDA GPU, "
+                         "uncompiled elsewhere; eager: transformers' forward (the reference)")
     ch.set_defaults(func=cmd_chat)
 
     nb = sub.add_parser("notebooks", help=cmd_notebooks.__doc__)

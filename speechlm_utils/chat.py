@@ -28,7 +28,7 @@ from .audio import (
     AudioDecodeError,
     load_audio,
 )
-from .generate import Response, Sampling, prompt_from_audio, respond
+from .generate import Response, Sampling, pick_decode, prompt_from_audio, respond
 
 MAX_INPUT_S = 60.0  # longer recordings are refused (the prompt would dwarf the reply)
 MIN_INPUT_S = 0.3
@@ -78,8 +78,11 @@ def wav_bytes(audio: np.ndarray, rate: int = MIMI_SAMPLE_RATE_HZ) -> bytes:
 class ChatSession:
     """A conversation as one token stream (see the module doc)."""
 
-    def __init__(self, model, tokenizer, codec, aligner=None):
+    def __init__(self, model, tokenizer, codec, aligner=None, decode: str = "auto"):
+        """``decode``: how the model runs each token (`generate.pick_decode`; "auto" compiles
+        the step on a CUDA GPU)."""
         self.model, self.tokenizer, self.codec, self.aligner = model, tokenizer, codec, aligner
+        self.decode = pick_decode(decode, next(model.parameters()).device)
         self.reset()
 
     def reset(self) -> None:
@@ -120,8 +123,8 @@ class ChatSession:
         if open_text_s is None:
             open_text_s = min(self.tokenizer.text_lead_s, self.unanswered_s)
         response = respond(self.model, self.tokenizer, self.codec, self.ids, max_s, sampling,
-                           stop_silence_s, on_group=on_group,
-                           open_text_s=open_text_s)  # fmt: skip
+                           stop_silence_s, on_group=on_group, open_text_s=open_text_s,
+                           decode=self.decode)  # fmt: skip
         self.ids = list(response.prompt_ids) + response.ids
         self.unanswered_s = 0.0
         self.turns.append({"role": "model", "audio": response.audio, "text": response.text})

@@ -97,11 +97,185 @@ def _penalize_repeats(logits: torch.Tensor, history: list[int], layout: TokenLay
                                    vals * sampling.audio_repetition_penalty)  # fmt: skip
 
 
+DECODES = ("eager", "static", "compiled")  # see `stream_tokens`
+
+
+def pick_decode(decode: str, device) -> str:
+    """``"auto"``: ``"compiled"`` on a CUDA GPU (CUDA graphs take the per-token launch cost
+    away; the first reply waits for the compilation), ``"static"`` elsewhere (on a CPU the
+    compilation takes longer than a short chat gains). Any other value is kept."""
+    if decode == "auto":
+        return "compiled" if torch.device(device).type == "cuda" else "static"
+    if decode not in DECODES:
+        raise ValueError(f"decode={decode!r}: choose auto or one of {', '.join(DECODES)}")
+    return decode
+
+
+class FastDecoder:
+    """Mistral's decoder stack rewritten for decoding one stream, fed through the model's own
+    modules (norms, projections, rotary embedding, MLPs), so the weights are the model's.
+
+    The KV cache is a ring of ``window`` slots per layer, ``[1, kv_heads, window, head_dim]``,
+    allocated once: position p lives in slot ``p % window``. One token's step writes its key and
+    value into its slot (evicting position p - window, which the window no longer sees) and
+    attends over the whole ring with a mask of the positions in (p - window, p]. Keys carry
+    their rotary phase, so the slots' order does not matter. Nothing is copied or grown per
+    token and every shape is fixed, which is what `torch.compile` (and CUDA graphs, its
+    ``reduce-overhead`` mode) need. Prompts and runs of fixed ids go through in one pass of at
+    most ``window`` tokens at a time, attending over the ring and themselves.
+
+    ``compiled=True`` compiles the one-token step. Equal to the eager HF forward token for token
+    (tested with greedy decoding past the window); get one with `fast_decoder`.
+    """
+
+    def __init__(self, model, window: int | None = None, compiled: bool = False):
+        from .model import core_model
+
+        self.decoder = decoder = core_model(model)
+        config = decoder.config
+        layer = decoder.layers[0]
+        if not all(hasattr(layer, name) for name in ("self_attn", "mlp", "input_layernorm",
+                                                      "post_attention_layernorm")):  # fmt: skip
+            raise TypeError(f"{type(decoder).__name__} is not a Mistral/Llama decoder stack: "
+                            "use decode='eager'")  # fmt: skip
+        self.window = int(window or getattr(config, "sliding_window", None)
+                          or config.max_position_embeddings)  # fmt: skip
+        param = next(decoder.parameters())
+        self.device = param.device
+        head_dim = layer.self_attn.head_dim
+        shape = (1, config.num_key_value_heads, self.window, head_dim)
+        self.keys = [torch.zeros(shape, dtype=param.dtype, device=self.device)
+                     for _ in decoder.layers]  # fmt: skip
+        self.values = [torch.zeros_like(k) for k in self.keys]
+        self.slot_position = torch.full((self.window,), -1, dtype=torch.long, device=self.device)
+        for buffer in (*self.keys, *self.values, self.slot_position):
+            torch._dynamo.mark_static_address(buffer)
+        self.length = 0  # positions fed so far
+        self.compiled = compiled
+        self._one = self._step
+        if compiled:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs
+            self._one = torch.compile(self._step, mode=mode, fullgraph=True, dynamic=False)
+
+    def reset(self) -> None:
+        """Forget the stream (the ring's memory is kept)."""
+        self.slot_position.fill_(-1)
+        self.length = 0
+
+    @property
+    def cache_len(self) -> int:
+        """Positions the ring holds now."""
+        return min(self.length, self.window)
+
+    @torch.no_grad()
+    def feed(self, ids) -> torch.Tensor:
+        """Append ``ids`` to the stream; the final norm's output at the last one, ``[H]``."""
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1).to(self.device)
+        for start in range(0, ids.numel(), self.window):
+            chunk = ids[start : start + self.window]
+            positions = torch.arange(self.length, self.length + chunk.numel(), device=self.device)
+            if chunk.numel() == 1:
+                hidden = self._one_step(chunk, positions)
+            else:
+                hidden = self._chunk(chunk, positions)
+            self.length += chunk.numel()
+        return hidden
+
+    def _one_step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if self._one is self._step:
+            return self._step(ids, positions)
+        try:
+            return self._one(ids, positions)
+        except Exception as err:  # a compiler or CUDA-graph failure must not end the chat
+            import warnings
+
+            warnings.warn(f"torch.compile of the decode step failed ({type(err).__name__}: "
+                          f"{str(err)[:300]}); decoding uncompiled", stacklevel=3)  # fmt: skip
+            self._one = self._step
+            return self._step(ids, positions)  # rewrites the same slot: safe to repeat
+
+    def _step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One token ``ids [1]`` at ``positions [1]``: write, then attend over the ring."""
+        slot = positions % self.window
+        self.slot_position.index_copy_(0, slot, positions)
+        seen = self.slot_position
+        mask = (seen >= 0) & (seen > positions - self.window)  # every slot holds <= position
+        return self._layers(ids, positions, mask[None, None, None, :], slot, write_first=True)
+
+    def _chunk(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``T <= window`` tokens: attend over the ring and the chunk, then write the chunk."""
+        keys_at = torch.cat([self.slot_position, positions])
+        query = positions[:, None]
+        mask = (keys_at >= 0) & (keys_at <= query) & (keys_at > query - self.window)
+        hidden = self._layers(ids, positions, mask[None, None], positions % self.window,
+                              write_first=False)  # fmt: skip
+        self.slot_position.index_copy_(0, positions % self.window, positions)
+        return hidden
+
+    def _layers(self, ids, positions, mask, slots, write_first: bool) -> torch.Tensor:
+        from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
+
+        decoder = self.decoder
+        x = decoder.embed_tokens(ids)[None]  # [1, T, H]
+        cos, sin = decoder.rotary_emb(x, positions[None])
+        steps = ids.numel()
+        for layer, keys, values in zip(decoder.layers, self.keys, self.values):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(1, steps, -1, attn.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(1, steps, -1, attn.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(1, steps, -1, attn.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            if write_first:
+                keys.index_copy_(2, slots, k)
+                values.index_copy_(2, slots, v)
+                all_k, all_v = keys, values
+            else:
+                all_k, all_v = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q, all_k, all_v, attn_mask=mask, scale=attn.scaling, enable_gqa=True)
+            if not write_first:
+                keys.index_copy_(2, slots, k)
+                values.index_copy_(2, slots, v)
+            x = x + attn.o_proj(out.transpose(1, 2).reshape(1, steps, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return decoder.norm(x[0, -1])
+
+
+_FAST_DECODERS: dict = {}  # id(model) -> (weakref to the model, {compiled: FastDecoder})
+
+
+def fast_decoder(model, compiled: bool = False, window: int | None = None) -> FastDecoder:
+    """The model's `FastDecoder`, made once and kept while the model lives: its ring is
+    allocated once and a compiled step is compiled once."""
+    import weakref
+
+    ref, kept = _FAST_DECODERS.get(id(model), (None, None))
+    if ref is None or ref() is not model:
+        kept = {}
+        _FAST_DECODERS[id(model)] = (weakref.ref(model, lambda _, key=id(model):
+                                                 _FAST_DECODERS.pop(key, None)), kept)  # fmt: skip
+    key = (compiled, window)
+    if key not in kept:
+        kept[key] = FastDecoder(model, window, compiled)
+    decoder = kept[key]
+    decoder.reset()
+    return decoder
+
+
+def _clock(device) -> float:
+    """Seconds, after the device's queued work is done (for timing the forward alone)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 @torch.no_grad()
 def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
                   sampling: Sampling | None = None, use_cache: bool = True,
                   start_position: int = 0, stats: dict | None = None,
-                  open_text_from: int | None = None) -> Iterator[int]:  # fmt: skip
+                  open_text_from: int | None = None,
+                  decode: str = "eager") -> Iterator[int]:  # fmt: skip
     """Yield new ids one by one after ``prompt_ids`` ([N] ids that start at a group boundary,
     offset by ``start_position`` when they continue an earlier stream). ``stats`` (optional)
     receives ``cache_len``: the positions the KV cache holds (bounded by the sliding window).
@@ -112,7 +286,16 @@ def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
     ``max_new_tokens`` new ids. So N - P + max_new_tokens ids in all; None yields only the new.
     What is fixed goes through the model in one pass: the prompt up to its first open slot, then
     each run of kept ids between two sampled ones.
+
+    ``decode``: ``"eager"`` runs the model's own forward with transformers' cache (the
+    reference); ``"static"`` the `FastDecoder` (a fixed ring cache, no per-token allocation);
+    ``"compiled"`` the same with its one-token step under `torch.compile` (CUDA graphs on a
+    GPU). All three give the same tokens. ``stats`` with a ``forward_s`` entry has the seconds
+    spent in the model's forward added to it (the rest of a step is sampling and Python).
     """
+    if decode not in DECODES:
+        raise ValueError(f"decode={decode!r}: choose one of {', '.join(DECODES)}")
+    timed = stats is not None and "forward_s" in stats  # time the model's forward alone
     sampling = sampling or Sampling()
     device = next(model.parameters()).device
     generator = None
@@ -132,11 +315,17 @@ def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
     history = prompt[:first]
     pending = list(history)  # ids not yet fed to the model
     past = None
+    fast = fast_decoder(model, decode == "compiled") if decode != "eager" and use_cache else None
     for index in range(first, len(prompt) + max_new_tokens):
         if index < len(prompt) and not opened[index]:
             next_id = prompt[index]  # kept: no forward pass needed
         else:
-            if use_cache:
+            started = _clock(device) if timed else 0.0
+            if fast is not None:
+                hidden = fast.feed(pending)
+                if stats is not None:
+                    stats["cache_len"] = fast.cache_len
+            elif use_cache:
                 out = decoder(input_ids=torch.tensor([pending], device=device), cache=past,
                               use_cache=True)  # fmt: skip
                 past = out.cache
@@ -144,9 +333,13 @@ def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
                     stats["cache_len"] = max(layer.keys.shape[-2] for layer in past.layers)
             else:
                 out = decoder(input_ids=torch.tensor([history], device=device), use_cache=False)
+            if fast is None:
+                hidden = out.last_hidden_state[0, -1]
+            if timed:
+                stats["forward_s"] += _clock(device) - started
             pending = []
             kind = layout.kind_of(start_position + index)
-            logits = _kind_logits(out.last_hidden_state[0, -1], weight, layout, kind)
+            logits = _kind_logits(hidden, weight, layout, kind)
             if kind != TEXT_KIND and sampling.audio_repetition_penalty != 1.0:
                 _penalize_repeats(logits, history, layout, kind, sampling)
             text = kind == TEXT_KIND
@@ -159,9 +352,11 @@ def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
 
 
 def generate(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
-             sampling: Sampling | None = None, use_cache: bool = True) -> list[int]:  # fmt: skip
+             sampling: Sampling | None = None, use_cache: bool = True,
+             decode: str = "eager") -> list[int]:  # fmt: skip
     """All new ids at once (see `stream_tokens`)."""
-    return list(stream_tokens(model, layout, prompt_ids, max_new_tokens, sampling, use_cache))
+    return list(stream_tokens(model, layout, prompt_ids, max_new_tokens, sampling, use_cache,
+                              decode=decode))  # fmt: skip
 
 
 # -- speech in, speech out --------------------------------------------------------------------
@@ -208,8 +403,8 @@ def lead_groups(seconds: float, layout: TokenLayout) -> int:
 def stream_response(model, tokenizer, codec, prompt_ids, max_s: float = 10.0,
                     sampling: Sampling | None = None, stop_silence_s: float | None = 2.0,
                     silence_dbfs: float = -45.0, start_position: int = 0,
-                    open_text_s: float | None = None,
-                    silence_from_s: float | None = None) -> Iterator[dict]:  # fmt: skip
+                    open_text_s: float | None = None, silence_from_s: float | None = None,
+                    decode: str = "eager") -> Iterator[dict]:  # fmt: skip
     """Generate group by group after ``prompt_ids``; yield each finished group as soon as its
     400 ms of audio is decoded (Mimi streaming): ``{"group", "ids", "text", "audio",
     "prompt_ids", "lead_ids", "lead_text"}``, the last three the same in every group.
@@ -221,7 +416,7 @@ def stream_response(model, tokenizer, codec, prompt_ids, max_s: float = 10.0,
     ``lead_ids``/``lead_text`` the word ids it wrote there; 0 keeps the prompt as given.
     Stops after ``max_s``, or after ``stop_silence_s`` of silence counted from
     ``silence_from_s`` into the reply on (default ``text_lead_s``: a reply whose words are
-    planned in its first seconds is not silent yet).
+    planned in its first seconds is not silent yet). ``decode``: see `stream_tokens`.
     """
     lay = tokenizer.layout
     lead_s = tokenizer.text_lead_s
@@ -231,7 +426,8 @@ def stream_response(model, tokenizer, codec, prompt_ids, max_s: float = 10.0,
     quiet_from = lead_groups(lead_s if silence_from_s is None else silence_from_s, lay)
     groups = max(1, int(round(max_s / lay.group_duration_s)))
     tokens = stream_tokens(model, lay, prompt, groups * lay.group_len, sampling,
-                           start_position=start_position, open_text_from=open_from)  # fmt: skip
+                           start_position=start_position, open_text_from=open_from,
+                           decode=decode)  # fmt: skip
     lead_ids: list[int] = []
     if open_from is not None:
         opened = open_text_slots(lay, prompt, open_from, start_position)
@@ -258,7 +454,7 @@ def stream_response(model, tokenizer, codec, prompt_ids, max_s: float = 10.0,
 def respond(model, tokenizer, codec, prompt_ids, max_s: float = 10.0,
             sampling: Sampling | None = None, stop_silence_s: float | None = 2.0,
             start_position: int = 0, on_group=None, open_text_s: float | None = None,
-            silence_from_s: float | None = None) -> Response:  # fmt: skip
+            silence_from_s: float | None = None, decode: str = "eager") -> Response:  # fmt: skip
     """Generate a whole reply (see `stream_response`, also for the reply boundary);
     ``on_group(group)`` sees each group as it is ready (e.g. to play it)."""
     start = time.perf_counter()
@@ -270,8 +466,8 @@ def respond(model, tokenizer, codec, prompt_ids, max_s: float = 10.0,
     n_groups = max(1, int(round(max_s / lay.group_duration_s)))
     for group in stream_response(model, tokenizer, codec, prompt_ids, max_s, sampling,
                                  stop_silence_s, start_position=start_position,
-                                 open_text_s=open_text_s,
-                                 silence_from_s=silence_from_s):  # fmt: skip
+                                 open_text_s=open_text_s, silence_from_s=silence_from_s,
+                                 decode=decode):  # fmt: skip
         if first is None:
             first = time.perf_counter() - start
         ids += group["ids"]
@@ -290,7 +486,8 @@ def respond(model, tokenizer, codec, prompt_ids, max_s: float = 10.0,
 
 
 def continuation_check(model, tokenizer, codec, ids, prompt_s: float = 4.0,
-                       continue_s: float = 4.0, open_text_s: float = 0.0) -> dict:  # fmt: skip
+                       continue_s: float = 4.0, open_text_s: float = 0.0,
+                       decode: str = "eager") -> dict:  # fmt: skip
     """Prompt with the first ``prompt_s`` of a token stream, continue greedily for
     ``continue_s``, and compare with what really follows: the share of identical tokens, the
     generated and true text channels, and the response.
@@ -306,8 +503,8 @@ def continuation_check(model, tokenizer, codec, ids, prompt_s: float = 4.0,
     n = int(round(continue_s / lay.group_duration_s)) * lay.group_len
     ids = np.asarray(ids)[: p + n]
     response = respond(model, tokenizer, codec, ids[:p], n / lay.tokens_per_s,
-                       Sampling.greedy(), stop_silence_s=None,
-                       open_text_s=open_text_s)  # fmt: skip
+                       Sampling.greedy(), stop_silence_s=None, open_text_s=open_text_s,
+                       decode=decode)  # fmt: skip
     truth = ids[p:]
     same = np.asarray(response.ids[: truth.size]) == truth
     return {"exact_share": float(same.mean()) if same.size else 0.0,

@@ -325,3 +325,59 @@ def test_an_lm_without_a_sliding_window_gets_a_bounded_one(tiny_models, tok, tmp
         lengths[window] = stats["cache_len"]
     assert lengths[None] == 22 + 300 - 1  # unbounded: every position stays
     assert lengths[110] <= 110  # bounded by the window it was given
+
+
+def _long_prompt(tok, frames=70, seed=0):
+    codes = np.random.default_rng(seed).integers(0, 2048, (4, frames))
+    return tok.encode(codes, []).ids  # 14 groups = 308 tokens > the 256 window
+
+
+@pytest.mark.parametrize("decode", ["static", "compiled"])
+def test_fast_decode_gives_the_eager_tokens_past_the_window(lm, tok, decode):
+    """The ring-cache decoder (and its compiled step) continue a prompt longer than the sliding
+    window exactly as transformers' own forward does, greedy, and with the text boundary open
+    (runs of fixed ids between sampled ones go through in one pass)."""
+    lay = tok.layout
+    prompt = _long_prompt(tok)
+    window = lm.config.sliding_window
+    assert prompt.size > window
+    n = 2 * window  # the ring wraps around twice
+    eager = generate.generate(lm, lay, prompt, n, generate.Sampling.greedy())
+    stats = {}
+    fast = list(generate.stream_tokens(lm, lay, prompt, n, generate.Sampling.greedy(),
+                                       stats=stats, decode=decode))  # fmt: skip
+    assert fast == eager
+    assert stats["cache_len"] == window  # the ring holds exactly the window
+    open_from = prompt.size - 5 * lay.group_len
+    sampling = generate.Sampling(0.9, 0.9, top_k=50, seed=5)
+    runs = [list(generate.stream_tokens(lm, lay, prompt, 44, sampling, open_text_from=open_from,
+                                        decode=d)) for d in ("eager", decode)]  # fmt: skip
+    assert runs[0] == runs[1]
+
+
+def test_fast_decoder_is_made_once_per_model_and_reset_per_stream(lm, tok):
+    a = generate.fast_decoder(lm)
+    a.feed(_long_prompt(tok)[:30])
+    b = generate.fast_decoder(lm)
+    assert b is a and b.length == 0 and b.cache_len == 0  # the ring is reused, the stream not
+    assert generate.fast_decoder(lm, compiled=True) is not a
+    assert generate.pick_decode("auto", "cpu") == "static"
+    assert generate.pick_decode("auto", "cuda") == "compiled"
+    with pytest.raises(ValueError, match="choose"):
+        generate.pick_decode("fast", "cpu")
+
+
+def test_a_failing_compilation_falls_back_with_a_warning(lm, tok, monkeypatch):
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    decoder = generate.FastDecoder(lm, compiled=True)
+    prompt = _long_prompt(tok)[:44]
+    with pytest.warns(UserWarning, match="no compiler here"):
+        first = decoder.feed(prompt[:-1]), decoder.feed(prompt[-1:])
+    reference = generate.FastDecoder(lm)
+    expected = reference.feed(prompt[:-1]), reference.feed(prompt[-1:])
+    assert torch.equal(first[1], expected[1])
