@@ -242,19 +242,10 @@ class FastDecoder:
         return decoder.norm(x[0, -1])
 
 
-_FAST_DECODERS: dict = {}  # id(model) -> (weakref to the model, {compiled: FastDecoder})
-
-
 def fast_decoder(model, compiled: bool = False, window: int | None = None) -> FastDecoder:
-    """The model's `FastDecoder`, made once and kept while the model lives: its ring is
-    allocated once and a compiled step is compiled once."""
-    import weakref
-
-    ref, kept = _FAST_DECODERS.get(id(model), (None, None))
-    if ref is None or ref() is not model:
-        kept = {}
-        _FAST_DECODERS[id(model)] = (weakref.ref(model, lambda _, key=id(model):
-                                                 _FAST_DECODERS.pop(key, None)), kept)  # fmt: skip
+    """The model's `FastDecoder`, made once and kept on the model (so it lives as long as the
+    model does): its ring is allocated once and a compiled step is compiled once."""
+    kept = model.__dict__.setdefault("_speechlm_fast_decoders", {})
     key = (compiled, window)
     if key not in kept:
         kept[key] = FastDecoder(model, window, compiled)
