@@ -177,6 +177,12 @@ def build_tiny_mistral(path: Path) -> Path:
 
 # A mid-size Mistral (430 M parameters; 15 % of them embeddings, 5 % in 7B) for measuring
 # what loading costs in memory on a CPU (tests/test_memory.py, benchmarks/bench_memory.py).
+# Mistral-7B-v0.1's own shape (its config.json): what the GPU benchmarks build with random
+# weights, which cost the same compute as the real ones.
+FULL_MISTRAL = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                    max_position_embeddings=32768, sliding_window=4096, rope_theta=10_000.0,
+                    tie_word_embeddings=False)  # fmt: skip
 MID_MISTRAL = dict(TINY_MISTRAL, hidden_size=1024, intermediate_size=4096,
                    num_hidden_layers=24, num_attention_heads=8, num_key_value_heads=2,
                    head_dim=128, sliding_window=None)  # fmt: skip

@@ -43,15 +43,23 @@ class Sampling:
 
 
 def _kind_logits(hidden: torch.Tensor, weight: torch.Tensor, layout: TokenLayout,
-                 kind: int) -> torch.Tensor:  # fmt: skip
-    """Logits ``[padded_vocab]`` computed only on the rows ``kind`` allows (the output layer is
-    most of a small model's cost per token); -inf elsewhere."""
-    logits = torch.full((layout.padded_vocab_size,), float("-inf"), device=hidden.device)
+                 kind: int) -> tuple[torch.Tensor, int]:  # fmt: skip
+    """The logits of only the rows ``kind`` allows (the output layer is most of a small model's
+    cost per token, and sampling over 2048 codes costs less than over the whole vocabulary):
+    ``[n]`` float and the id of row 0. A text slot's last row is TEXT_PAD's."""
     lo, hi = layout.id_range(kind)
-    logits[lo:hi] = (weight[lo:hi] @ hidden.to(weight.dtype)).float()
-    if kind == TEXT_KIND:
-        logits[layout.text_pad_id] = (weight[layout.text_pad_id] @ hidden.to(weight.dtype)).float()
-    return logits
+    hidden = hidden.to(weight.dtype)
+    logits = weight[lo:hi] @ hidden
+    if kind == TEXT_KIND:  # the pad's logit joins the small result, not its row the big table
+        logits = torch.cat([logits, weight[layout.text_pad_id : layout.text_pad_id + 1] @ hidden])
+    return logits.float(), lo
+
+
+def _id_of(index: int, first_id: int, size: int, layout: TokenLayout, kind: int) -> int:
+    """The token id of row ``index`` of `_kind_logits`' ``size`` rows."""
+    if kind == TEXT_KIND and index == size - 1:
+        return layout.text_pad_id
+    return first_id + index
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
@@ -85,11 +93,11 @@ def open_text_slots(layout: TokenLayout, prompt_ids, open_text_from: int | None,
 
 def _penalize_repeats(logits: torch.Tensor, history: list[int], layout: TokenLayout, kind: int,
                       sampling: Sampling) -> None:  # fmt: skip
-    """Damp, in place, the codes of codebook ``kind`` seen in the last ``repetition_window``
-    frames' groups."""
+    """Damp, in place, the codes of codebook ``kind`` (``logits``: its 2048 rows) seen in the
+    last ``repetition_window`` frames' groups."""
     recent = history[-layout.group_len * sampling.repetition_window :]
     lo, hi = layout.id_range(kind)
-    seen = torch.tensor([t for t in recent if lo <= t < hi], dtype=torch.long,
+    seen = torch.tensor([t - lo for t in recent if lo <= t < hi], dtype=torch.long,
                         device=logits.device)  # fmt: skip
     if seen.numel():
         vals = logits[seen]
@@ -200,17 +208,23 @@ class FastDecoder:
         self.slot_position.index_copy_(0, slot, positions)
         seen = self.slot_position
         mask = (seen >= 0) & (seen > positions - self.window)  # every slot holds <= position
-        return self._layers(ids, positions, mask[None, None, None, :], slot, write_first=True)
+        return self._layers(ids, positions, self._bias(mask[None, None, None, :]), slot,
+                            write_first=True)  # fmt: skip
 
     def _chunk(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """``T <= window`` tokens: attend over the ring and the chunk, then write the chunk."""
         keys_at = torch.cat([self.slot_position, positions])
         query = positions[:, None]
         mask = (keys_at >= 0) & (keys_at <= query) & (keys_at > query - self.window)
-        hidden = self._layers(ids, positions, mask[None, None], positions % self.window,
+        hidden = self._layers(ids, positions, self._bias(mask[None, None]), positions % self.window,
                               write_first=False)  # fmt: skip
         self.slot_position.index_copy_(0, positions % self.window, positions)
         return hidden
+
+    def _bias(self, mask: torch.Tensor) -> torch.Tensor:
+        """The attention mask as 0 / -inf in the cache's dtype, made once for all layers."""
+        bias = torch.zeros(mask.shape, dtype=self.keys[0].dtype, device=self.device)
+        return bias.masked_fill_(~mask, float("-inf"))
 
     def _layers(self, ids, positions, mask, slots, write_first: bool) -> torch.Tensor:
         from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
@@ -330,13 +344,14 @@ def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
                 stats["forward_s"] += _clock(device) - started
             pending = []
             kind = layout.kind_of(start_position + index)
-            logits = _kind_logits(hidden, weight, layout, kind)
+            logits, first_id = _kind_logits(hidden, weight, layout, kind)
             if kind != TEXT_KIND and sampling.audio_repetition_penalty != 1.0:
                 _penalize_repeats(logits, history, layout, kind, sampling)
             text = kind == TEXT_KIND
-            next_id = int(_pick(logits, sampling.text_temperature if text
-                                else sampling.audio_temperature, sampling.top_k, sampling.top_p,
-                                generator))  # fmt: skip
+            index = int(_pick(logits, sampling.text_temperature if text
+                              else sampling.audio_temperature, sampling.top_k, sampling.top_p,
+                              generator))  # fmt: skip
+            next_id = _id_of(index, first_id, logits.numel(), layout, kind)
         history.append(next_id)
         pending.append(next_id)
         yield next_id
@@ -503,17 +518,33 @@ def continuation_check(model, tokenizer, codec, ids, prompt_s: float = 4.0,
             "response": response}  # fmt: skip
 
 
-GPU_MEMORY_TB_S = {"A100 80GB": 2.0, "H100 80GB SXM": 3.35}  # HBM bandwidth
+GPU_MEMORY_TB_S = {"L4": 0.30, "A10G": 0.60, "A100 80GB": 2.0, "H100 80GB SXM": 3.35}  # HBM
+# Host time per generated token for Mistral-7B's 32 layers, in ms, measured by
+# benchmarks/bench_generate.py on a narrow model of the same depth (issuing the operations
+# costs the same at any width) on this project's 2-core CPU: the forward per decode path, and
+# the rest of a step (the kind's logits, sampling, Python). A compiled step on a GPU replays
+# one CUDA graph; its host cost is an estimate, not a measurement.
+HOST_FORWARD_MS_7B = {"eager": 30.6, "static": 20.2, "compiled": 0.1}
+HOST_OUTSIDE_MS_7B = 1.0
 
 
-def realtime_plan(params: float = 7.31e9, bytes_per_param: int = 2,
+def realtime_plan(host_forward_ms: dict | None = None, outside_ms: float = HOST_OUTSIDE_MS_7B,
+                  params: float = 7.31e9, bytes_per_param: int = 2,
                   efficiency: float = 0.6) -> list[dict]:  # fmt: skip
-    """Batch-1 decoding is memory-bound: each token reads every weight once. Tokens/s for a
-    Mistral-7B-sized model in bf16 at ``efficiency`` of each GPU's bandwidth, against the
-    55 tokens/s real time needs."""
+    """Tokens/s of batch-1 decoding of a Mistral-7B-sized model in bf16, per GPU and decode
+    path, against the 55 tokens/s real time needs (an estimate). The GPU runs the forward
+    while the host issues it, so the forward takes the longer of reading every weight once (at
+    ``efficiency`` of the GPU's bandwidth) and the host's time to issue its operations
+    (``host_forward_ms`` per path); then the step's own work (``outside_ms``) follows it,
+    since sampling needs the logits."""
+    host = host_forward_ms or HOST_FORWARD_MS_7B
     rows = []
     for gpu, tb_s in GPU_MEMORY_TB_S.items():
-        tokens_s = tb_s * 1e12 * efficiency / (params * bytes_per_param)
-        rows.append({"gpu": gpu, "tokens_per_s": round(tokens_s),
-                     "realtime_factor": round(tokens_s / 55.0, 1)})  # fmt: skip
+        memory_ms = params * bytes_per_param / (tb_s * 1e12 * efficiency) * 1e3
+        for decode, host_ms in host.items():
+            tokens_s = 1e3 / (max(memory_ms, host_ms) + outside_ms)
+            rows.append({"gpu": gpu, "decode": decode, "memory_ms": round(memory_ms, 1),
+                         "host_ms": round(host_ms + outside_ms, 1),
+                         "tokens_per_s": round(tokens_s),
+                         "realtime_factor": round(tokens_s / 55.0, 1)})  # fmt: skip
     return rows
