@@ -134,7 +134,9 @@ def cmd_train(args: argparse.Namespace) -> None:
                   epochs=args.epochs, save_every=args.save_every, grad_accum=args.grad_accum,
                   seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
                   wandb_mode=args.wandb, fsdp=args.fsdp or None, loss_weights=weights,
-                  lora_r=args.lora_r, memory_check=False if args.no_memory_check else None)
+                  lora_r=args.lora_r, memory_check=False if args.no_memory_check else None,
+                  eval_every=args.eval_every, sample_every=args.sample_every,
+                  dtype=args.dtype)  # fmt: skip
     if args.keep_every and args.lora_r is None:
         cfg = cfg.replace(lora_r=None)  # pruning alone: train the kept layers
     models = _models(args)  # the LM the tokens were made for, unless --lm chose another
@@ -276,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--loss-weights", help="text,pad,semantic,acoustic e.g. 1,0.1,1,0.5")
     tr.add_argument("--wandb", choices=["online", "offline", "disabled"])
     tr.add_argument("--fsdp", action="store_true", help="shard the model under torchrun")
+    tr.add_argument("--eval-every", type=int, help="validation loss every N steps")
+    tr.add_argument("--sample-every", type=int,
+                    help="an audio sample (W&B) and its text (metrics.jsonl) every N steps")
+    tr.add_argument("--dtype", choices=["bf16", "fp16", "fp32"],
+                    help="the frozen base's dtype (default: bf16 where native, fp16 on older "
+                         "GPUs, fp32 on CPUs); what trains is fp32")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     tr.add_argument("--no-memory-check", action="store_true",
                     help="train even when the memory plan says the GPU is too small")

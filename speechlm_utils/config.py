@@ -328,6 +328,7 @@ class TrainConfig(StageConfig):
     compile: bool = False  # torch.compile the model
     memory_check: bool = True  # refuse, naming what fits, a recipe planned above the GPU's memory
     fsdp: bool = False  # under torchrun: shard the model (full 7B) instead of DDP
+    dtype: str | None = None  # the frozen base's: bf16, fp16 (CUDA) or fp32; None: the device's
     val_fraction: float = 0.05  # of the videos, held out whole
     train_chunks: int | None = None  # train on the first N chunks only (overfit on purpose)
     eval_every: int = 200

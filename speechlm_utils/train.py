@@ -239,15 +239,54 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _trainable_state(model) -> dict:
-    """Trainable parameters by their name in the language model (not the wrappers); sharded
-    (FSDP) parameters are gathered whole, so every rank must call this."""
+def _trainable_state(model, keep: bool = True) -> dict:
+    """Trainable parameters by their name in the language model (not the wrappers), on the
+    host. Sharded (FSDP) parameters are gathered whole one at a time, so every rank must call
+    this; only a rank with ``keep`` (rank 0) copies them to host memory, the others drop each
+    one as soon as it is gathered (a 7B full finetune is 29 GB in fp32, once, not per rank)."""
     state = {}
     for name, p in _language_model(model).named_parameters():
-        if p.requires_grad:
-            full = p.full_tensor() if hasattr(p, "full_tensor") else p
+        if not p.requires_grad:
+            continue
+        sharded = hasattr(p, "full_tensor")
+        if not keep and not sharded:
+            continue
+        full = p.full_tensor() if sharded else p
+        if keep:
             state[name] = full.detach().cpu().clone()
+        del full
     return state
+
+
+def train_dtype(name: str | None, device: str) -> torch.dtype:
+    """The frozen base's dtype: ``name`` (bf16, fp16, fp32) or the device's (`pick_dtype`)."""
+    if name is None:
+        return pick_dtype(device)
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name not in dtypes:
+        raise ValueError(f"dtype={name!r}: choose one of {', '.join(dtypes)}")
+    if name == "fp16" and not str(device).startswith("cuda"):
+        raise ValueError("fp16 training needs a CUDA GPU (its loss scaling); use bf16 or fp32")
+    return dtypes[name]
+
+
+FSDP_MIXED_DTYPES_TORCH = (2, 8)  # pytorch/pytorch#154103: frozen params of another dtype
+
+
+def check_fsdp_dtypes(model) -> None:
+    """FSDP2 before torch 2.8 wants one dtype per sharded unit, trainable or not: a bf16 base
+    with fp32 LoRA (what trains is upcast to fp32) fails deep inside its first forward. Say so
+    before anything is sharded."""
+    params = list(model.parameters())
+    frozen = {p.dtype for p in params if not p.requires_grad} - {torch.float32}
+    version = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    if frozen and any(p.requires_grad for p in params) and version < FSDP_MIXED_DTYPES_TORCH:
+        names = ", ".join(sorted(str(d).replace("torch.", "") for d in frozen))
+        raise RuntimeError(
+            f"--fsdp with a {names} base and fp32 trainable weights needs torch>=2.8 (this is "
+            f"{torch.__version__}): FSDP2 before it rejects frozen and trainable weights of "
+            "different dtypes in one unit. Upgrade torch, train with DDP (no --fsdp), or use "
+            "--dtype fp32.")  # fmt: skip
 
 
 def _unwrap(model):
@@ -303,7 +342,7 @@ class Trainer:
             self.cfg = cfg = schedule_for_data(cfg, len(self.splits.train), self.world)
         # the frozen base in the device's compute dtype (bf16 where native, fp16 on older GPUs
         # with loss scaling, fp32 on CPUs); what trains in fp32 (model.upcast_trainable)
-        self.dtype = pick_dtype(device)
+        self.dtype = train_dtype(cfg.dtype, device)
         self.autocast = self.dtype if self.dtype != torch.float32 else None
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         shape = lm_shape(lm_config(models))
@@ -315,9 +354,11 @@ class Trainer:
             check_memory(self.memory, device)
         torch.manual_seed(cfg.seed)
         # FSDP: each rank loads on its own GPU, then shards (see _wrap_distributed)
+        sharding = cfg.fsdp and self.world > 1  # then each layer is upcast as it is sharded
         model = build_speech_lm(models, self.layout, cfg.lora_r, cfg.keep_every,
                                 list(cfg.keep_layers) if cfg.keep_layers else None,
-                                device=device, seed=cfg.seed, dtype=self.dtype)  # fmt: skip
+                                device=device, seed=cfg.seed, dtype=self.dtype,
+                                upcast=not sharding)  # fmt: skip
         if cfg.grad_checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": False})
             if hasattr(model, "enable_input_require_grads"):
@@ -348,10 +389,15 @@ class Trainer:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
 
+            from .model import upcast_trainable
+
+            check_fsdp_dtypes(model)
             mesh = init_device_mesh("cuda" if self.device.startswith("cuda") else "cpu",
                                     (self.world,))  # fmt: skip
-            for layer in core_model(model.lm).layers:
+            for layer in core_model(model.lm).layers:  # fp32 one layer at a time, then its
+                upcast_trainable(layer)  # shard: never a whole fp32 copy on one GPU
                 fully_shard(layer, mesh=mesh)
+            upcast_trainable(model)  # what trains outside the layers (the new rows)
             return fully_shard(model, mesh=mesh)
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -479,7 +525,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Atomic: written to a temp dir, renamed; keeps the last ``cfg.keep_last``."""
-        weights = _trainable_state(self.model)  # on every rank: FSDP gathers the shards
+        weights = _trainable_state(self.model, keep=self.rank == 0)  # FSDP: every rank gathers
         ckpt_root = self.run_dir / "checkpoints"
         final = ckpt_root / f"step-{self.step:07d}"
         tmp = ckpt_root / f".tmp-step-{self.step:07d}"
@@ -545,7 +591,7 @@ class Trainer:
     def save_final(self) -> Path:
         """``final/``: the trainable weights plus what rebuilds the model (`load_run`)."""
         final = self.run_dir / "final"
-        weights = _trainable_state(self.model)  # on every rank (FSDP)
+        weights = _trainable_state(self.model, keep=self.rank == 0)  # every rank (FSDP)
         if self.rank == 0:
             tmp = self.run_dir / ".tmp-final"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -719,7 +765,7 @@ def make_sample_fn(models: ModelsConfig, prompt_s: float = 4.0, continue_s: floa
         beep = 0.3 * np.sin(2 * np.pi * BEEP_HZ * t).astype(np.float32)
         audio = np.concatenate([codec.decode(torch.from_numpy(prompt_codes))[0, 0].numpy(), beep,
                                 codec.decode(torch.from_numpy(new_codes))[0, 0].numpy()])
-        return {"sample": {"audio": audio, "rate": rate, "text": text}}
+        return {"sample": {"audio": audio, "rate": rate, "text": text}, "sample_text": text}
 
     return sample
 

@@ -296,15 +296,18 @@ def test_wandb_offline_logs_metrics_and_a_sample(tiny_models, tokens, tmp_path):
     assert list(offline[0].rglob("*.wav"))  # the audio sample was logged
 
 
-def torchrun_train(tokens, run, port: str, *flags: str) -> None:
-    """`train` on two gloo processes (CPU), the tiny profile."""
+def torchrun_train(tokens, run, port: str, *flags: str, ok: bool = True,
+                   timeout: int = 600) -> subprocess.CompletedProcess:  # fmt: skip
+    """`train` on two gloo processes (CPU), the tiny profile (later flags win)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", port, "-m", "speechlm_utils", "--profile", "tiny",
            "--data-dir", str(REPO / "data" / "tiny"), "train", "--tokens", str(tokens),
            "--run-dir", str(run), "--max-steps", "4", "--seq-len", "220",
            "--batch-size", "2", "--wandb", "disabled", *flags]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def test_torchrun_ddp_and_fsdp_on_two_cpu_processes_agree(tokens, tmp_path):
@@ -452,3 +455,47 @@ def test_a_resume_keeps_the_runs_recipe(tiny_models, tokens, tmp_path):
     assert kept.lora_r == 4 and kept.seq_len == other.seq_len
     train.Trainer(kept, tiny_models, tokens, run).fit(resume=True, progress=False)
     assert train.read_metrics(run)[-1]["step"] == 2
+
+
+def test_fsdp_trains_lora_on_a_bf16_base_and_samples_between_evaluations(tokens, tmp_path):
+    """The GPU recipe under FSDP on 2 gloo ranks: the frozen base in bf16, LoRA and the new rows
+    in fp32 (two dtypes in one sharded unit), each layer upcast as it is sharded; an audio
+    sample at step 2, where no evaluation ran (the root's tables are gathered for it)."""
+    run = tmp_path / "run"
+    torchrun_train(tokens, run, "29522", "--fsdp", "--lora-r", "8", "--dtype", "bf16",
+                   "--sample-every", "2", "--eval-every", "3")  # fmt: skip
+    metrics = train.read_metrics(run)
+    sampled = {m["step"] for m in metrics if "sample_text" in m}
+    evaluated = {m["step"] for m in metrics if "val_loss" in m}
+    assert sampled == {2, 4} and 2 not in evaluated
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert len(losses) == 4 and np.all(np.isfinite(losses))
+    assert all(m["ranks_in_sync"] for m in metrics if "ranks_in_sync" in m)
+    weights = torch.load(run / "final" / "weights.pt")
+    assert any("lora_A" in name for name in weights)
+    assert {v.dtype for v in weights.values()} == {torch.float32}  # gathered whole, fp32
+    model, _ = train.load_run(run, device="cpu")  # and chat can load what it saved
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_fewer_training_windows_than_ranks_is_a_clear_error(tok, tmp_path):
+    tokens = make_tokens(tmp_path, tok, videos=2, chunks=1)
+    proc = torchrun_train(tokens, tmp_path / "run", "29523", "--seq-len", "2200", ok=False,
+                          timeout=180)  # fmt: skip
+    assert proc.returncode != 0
+    assert "rank(s): every rank needs at least one" in proc.stderr
+
+
+def test_fsdp_before_torch_2_8_refuses_a_mixed_dtype_model(monkeypatch):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4).to(torch.bfloat16), torch.nn.Linear(4, 4))
+    model[0].requires_grad_(False)
+    monkeypatch.setattr(torch, "__version__", "2.7.1+cu126")
+    with pytest.raises(RuntimeError, match="torch>=2.8"):
+        train.check_fsdp_dtypes(model)
+    monkeypatch.setattr(torch, "__version__", "2.8.0")
+    train.check_fsdp_dtypes(model)  # fine from 2.8 on
+    monkeypatch.setattr(torch, "__version__", "2.7.1")
+    model[0].float()
+    train.check_fsdp_dtypes(model)  # one dtype: fine anywhere
+    with pytest.raises(ValueError, match="CUDA"):
+        train.train_dtype("fp16", "cpu")
