@@ -6,6 +6,32 @@ from collections import defaultdict
 
 import matplotlib.pyplot as plt
 
+# One palette for the kinds of token, used by every figure that colours them: text, TEXT_PAD,
+# then codebook 0 (semantic), 1, 2, ... (kind k + 1 in `TokenLayout.kinds`), cycled past 8.
+KIND_COLORS: dict[str, str] = {
+    "text": "tab:blue",
+    "pad": "lightgrey",
+    "cb0": "tab:green",
+    "cb1": "tab:orange",
+    "cb2": "tab:red",
+    "cb3": "tab:purple",
+    "cb4": "tab:brown",
+    "cb5": "tab:pink",
+    "cb6": "tab:olive",
+    "cb7": "tab:cyan",
+}
+
+
+def kind_color(kind: int | str) -> str:
+    """A kind's colour in `KIND_COLORS`: a name ("text", "pad", "cb2") or a position kind as
+    `TokenLayout.kinds` gives it (0 = text, k + 1 = codebook k)."""
+    if isinstance(kind, str):
+        return KIND_COLORS[kind]
+    if kind == 0:
+        return KIND_COLORS["text"]
+    n_codebook_colors = sum(name.startswith("cb") for name in KIND_COLORS)
+    return KIND_COLORS[f"cb{(kind - 1) % n_codebook_colors}"]
+
 
 def plot_index(entries: list[dict], top_terms: int = 20, title: str | None = None):
     """Hours found per search term (the top ones) and the distribution of video durations."""
@@ -71,25 +97,24 @@ def plot_scrape(records: list[dict], listings: list[dict]):
 
 def plot_vocab_layout(layout):
     """The extended vocabulary as one bar: text ids, then each codebook's block, then specials."""
-    fig, ax = plt.subplots(figsize=(12, 2.4))
-    spans = [("text (base tokenizer)", 0, layout.text_vocab_size, "tab:blue")]
-    colors = plt.get_cmap("Oranges")
+    # constrained layout keeps the legend below the x-label instead of over it
+    fig, ax = plt.subplots(figsize=(12, 2.6), layout="constrained")
+    spans = [("text (base tokenizer)", 0, layout.text_vocab_size, kind_color("text"))]
     for k in range(layout.num_codebooks):
         lo, hi = layout.id_range(k + 1)
         label = "codebook 0 (semantic)" if k == 0 else f"codebook {k} (acoustic)"
-        spans.append((label, lo, hi, colors(0.35 + 0.5 * k / max(1, layout.num_codebooks))))
+        spans.append((label, lo, hi, kind_color(k + 1)))
     spans.append(("TEXT_PAD, then unused rows", layout.text_pad_id, layout.padded_vocab_size,
-                  "tab:gray"))  # fmt: skip
+                  kind_color("pad")))  # fmt: skip
     for label, lo, hi, color in spans:
         ax.barh(0, hi - lo, left=lo, color=color, edgecolor="white", label=f"{label}: [{lo}, {hi})")
     ax.text(layout.text_vocab_size / 2, 0, "text", ha="center", va="center", color="white")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=3, fontsize=8, frameon=False)
+    fig.legend(loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     ax.set_yticks([])
     ax.set_xlim(0, layout.padded_vocab_size)
     ax.set_xlabel("token id")
     ax.set_title(f"vocabulary: {layout.vocab_size} ids in use, "
                  f"{layout.padded_vocab_size} embedding rows (a multiple of 64)")
-    fig.tight_layout()
     return fig
 
 
@@ -100,10 +125,8 @@ def plot_group_layout(layout, groups: int = 2):
     n = layout.group_len * groups
     kinds = layout.kinds(n)
     fig, ax = plt.subplots(figsize=(min(16, 0.32 * n + 1), 1.9))
-    cmap = plt.get_cmap("tab10")
     for pos, kind in enumerate(kinds):
-        color = "tab:blue" if kind == 0 else cmap(2 + (kind - 1) % 8)
-        ax.add_patch(plt.Rectangle((pos, 0), 0.95, 1, color=color))
+        ax.add_patch(plt.Rectangle((pos, 0), 0.95, 1, color=kind_color(int(kind))))
         frame = (pos % layout.group_len - layout.text_slots_per_group) // layout.num_codebooks
         label = "T" if kind == 0 else f"f{frame}\nc{kind - 1}"
         ax.text(pos + 0.47, 0.5, label, ha="center", va="center", fontsize=6, color="white")
