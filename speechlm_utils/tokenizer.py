@@ -193,6 +193,43 @@ class SpeechTokenizer:
 
     # -- encode / decode --
 
+    def interleave_audio(self, codes: np.ndarray) -> np.ndarray:
+        """``codes[K, F]`` -> ``grid[G, group_len]``: each group's text slots (all TEXT_PAD for
+        now), then its frames' audio ids, frame-major and codebook-minor."""
+        lay = self.layout
+        n_groups = codes.shape[1] // lay.frames_per_group
+        S = lay.text_slots_per_group
+        grid = np.full((n_groups, lay.group_len), lay.text_pad_id, dtype=np.int64)
+        offsets = lay.audio_offset + np.arange(lay.num_codebooks)[:, None] * lay.codebook_size
+        audio = (codes + offsets).reshape(lay.num_codebooks, n_groups, lay.frames_per_group)
+        grid[:, S:] = audio.transpose(1, 2, 0).reshape(n_groups, -1)  # [G, F * K]
+        return grid
+
+    def place_text(self, grid: np.ndarray, words: list[Word]) -> tuple[list[dict], int]:
+        """Write the words' text ids into the text slots of ``grid[G, group_len]``, in place.
+
+        Each token goes to the first free slot at or after the group holding its word's
+        ``start_s - text_lead_s``. Returns one placement per token (id, word, slot, lag_s) and
+        the number of tokens that did not fit before the grid's end.
+        """
+        lay = self.layout
+        S = lay.text_slots_per_group
+        n_slots = grid.shape[0] * S
+        text_ids, owners = self.tokenize_words(words)
+        cursor, placements, overflow = 0, [], 0
+        for tok, owner in zip(text_ids, owners):
+            target_group = max(0, math.floor((words[owner].start_s - self.text_lead_s)
+                                             / lay.group_duration_s + 1e-9))  # fmt: skip
+            slot = max(cursor, target_group * S)  # never before a token already placed
+            if slot >= n_slots:
+                overflow += 1
+                continue
+            grid[slot // S, slot % S] = tok
+            cursor = slot + 1
+            placements.append({"id": int(tok), "word": owner, "slot": slot,
+                               "lag_s": (slot // S - target_group) * lay.group_duration_s})
+        return placements, overflow
+
     def encode(self, codes, words: list[Word]) -> Encoded:
         """``codes[K, F]`` (F a multiple of frames_per_group) and timed words -> `Encoded`."""
         lay = self.layout
@@ -206,32 +243,14 @@ class SpeechTokenizer:
             )
         if codes.size and (codes.min() < 0 or codes.max() >= lay.codebook_size):
             raise ValueError(f"codes must lie in [0, {lay.codebook_size})")
-        n_groups = codes.shape[1] // lay.frames_per_group
-        S = lay.text_slots_per_group
-        grid = np.full((n_groups, lay.group_len), lay.text_pad_id, dtype=np.int64)
-        offsets = lay.audio_offset + np.arange(lay.num_codebooks)[:, None] * lay.codebook_size
-        audio = (codes + offsets).reshape(lay.num_codebooks, n_groups, lay.frames_per_group)
-        grid[:, S:] = audio.transpose(1, 2, 0).reshape(n_groups, -1)  # frame-major, codebook-minor
-
-        text_ids, owners = self.tokenize_words(words)
-        n_slots = n_groups * S
-        cursor, placements, overflow = 0, [], 0
-        for tok, owner in zip(text_ids, owners):
-            target_group = max(0, math.floor((words[owner].start_s - self.text_lead_s)
-                                             / lay.group_duration_s + 1e-9))  # fmt: skip
-            slot = max(cursor, target_group * S)
-            if slot >= n_slots:
-                overflow += 1
-                continue
-            grid[slot // S, slot % S] = tok
-            cursor = slot + 1
-            placements.append({"id": int(tok), "word": owner, "slot": slot,
-                               "lag_s": (slot // S - target_group) * lay.group_duration_s})
+        grid = self.interleave_audio(codes)
+        placements, overflow = self.place_text(grid, words)
+        n_groups, n_slots = grid.shape[0], grid.shape[0] * lay.text_slots_per_group
         lags = [p["lag_s"] for p in placements]
         stats = {
             "n_groups": n_groups,
             "n_words": len(words),
-            "text_tokens": len(text_ids),
+            "text_tokens": len(placements) + overflow,
             "text_slots": n_slots,
             "pad_share": 1.0 - len(placements) / n_slots if n_slots else 1.0,
             "max_lag_s": max(lags, default=0.0),
@@ -268,3 +287,37 @@ class SpeechTokenizer:
         text = ids[self.layout.kinds(ids.size) == TEXT_KIND]
         return [None if i == self.layout.text_pad_id else self.sp.id_to_piece(int(i))
                 for i in text]  # fmt: skip
+
+    def explain_group(self, ids, group: int = 0) -> list[dict]:
+        """One row per position of group ``group`` of ``ids``: the id, its position's kind
+        ("text", "TEXT_PAD" or "codebook k"), what it holds, and the ids that kind's mask
+        allows there (`TokenLayout.kind_masks`, what constrained generation may sample)."""
+        lay = self.layout
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        start = group * lay.group_len
+        if not 0 <= start < ids.size:
+            raise ValueError(f"group {group} is outside the {ids.size // lay.group_len} groups")
+        masks = lay.kind_masks()
+        rows = []
+        for pos in range(start, min(start + lay.group_len, ids.size)):
+            i, kind = int(ids[pos]), lay.kind_of(pos)
+            if kind == TEXT_KIND:
+                name = "TEXT_PAD" if i == lay.text_pad_id else "text"
+                holds = "" if i == lay.text_pad_id else self.sp.id_to_piece(i)
+            else:
+                frame = (pos - start - lay.text_slots_per_group) // lay.num_codebooks
+                name = f"codebook {kind - 1}"
+                holds = f"frame {frame}, code {i - lay.id_range(kind)[0]}"
+            runs = _true_runs(masks[kind])
+            rows.append({"position": pos, "id": i, "kind": name, "holds": holds,
+                         "allowed": " + ".join(f"[{lo}, {hi})" if hi - lo > 1 else str(lo)
+                                               for lo, hi in runs),
+                         "n_allowed": int(masks[kind].sum()),
+                         "id_allowed": bool(masks[kind, i])})  # fmt: skip
+        return rows
+
+
+def _true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[lo, hi)`` of each run of True in a 1-D bool mask."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return [(int(lo), int(hi)) for lo, hi in zip(edges[::2], edges[1::2])]

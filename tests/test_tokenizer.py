@@ -182,3 +182,25 @@ def test_masks_allow_exactly_one_range_per_kind(sp):
     assert all(masks[k].sum() == 2048 for k in range(1, 5))
     assert not (masks[1:].sum(0) > 1).any()  # codebooks never overlap
     assert not masks[:, lay.vocab_size :].any()  # padding rows are never allowed
+
+
+def test_explain_group_gives_each_position_its_kind_and_mask(sp):
+    tok = SpeechTokenizer(sp)
+    lay = tok.layout
+    codes = np.arange(4 * 10).reshape(4, 10) + 100  # code c of codebook k, frame f: 100 + 10k + f
+    words = [Word("Hello", 2.1, 2.4)]  # text lead 2 s: its tokens go into group 0
+    ids = tok.encode(codes, words).ids
+    rows = tok.explain_group(ids, group=1)
+    assert [r["position"] for r in rows] == list(range(22, 44))
+    assert [r["kind"] for r in rows[:2]] == ["TEXT_PAD", "TEXT_PAD"]  # "Hello" went to group 0
+    assert rows[2]["kind"] == "codebook 0" and rows[2]["holds"] == "frame 0, code 105"
+    assert rows[5]["kind"] == "codebook 3" and rows[5]["holds"] == "frame 0, code 135"
+    assert rows[-1]["holds"] == "frame 4, code 139"
+    assert rows[0]["allowed"] == f"[0, 32000) + {lay.text_pad_id}"
+    assert rows[0]["n_allowed"] == 32_001
+    assert rows[3]["allowed"] == f"[{32_000 + 2048}, {32_000 + 2 * 2048})"
+    assert all(r["id_allowed"] for r in rows)
+    first = tok.explain_group(ids, group=0)
+    assert first[0]["kind"] == "text" and first[0]["holds"] == sp.id_to_piece(int(ids[0]))
+    with pytest.raises(ValueError, match="outside"):
+        tok.explain_group(ids, group=2)
