@@ -308,7 +308,7 @@ class SpeechTokenizer:
                 frame = (pos - start - lay.text_slots_per_group) // lay.num_codebooks
                 name = f"codebook {kind - 1}"
                 holds = f"frame {frame}, code {i - lay.id_range(kind)[0]}"
-            runs = _true_runs(masks[kind])
+            runs = true_runs(masks[kind])
             rows.append({"position": pos, "id": i, "kind": name, "holds": holds,
                          "allowed": " + ".join(f"[{lo}, {hi})" if hi - lo > 1 else str(lo)
                                                for lo, hi in runs),
@@ -317,7 +317,7 @@ class SpeechTokenizer:
         return rows
 
 
-def _true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+def true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """``[lo, hi)`` of each run of True in a 1-D bool mask."""
     edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
     return [(int(lo), int(hi)) for lo, hi in zip(edges[::2], edges[1::2])]

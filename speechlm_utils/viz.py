@@ -145,11 +145,54 @@ def plot_group_layout(layout, groups: int = 2):
     return fig
 
 
+def show_source(obj):
+    """The library's own source of a function, method or class, as a highlighted code block
+    (read with `inspect`, so what the notebook shows is what runs)."""
+    import inspect
+    import textwrap
+
+    from IPython.display import Markdown
+
+    return Markdown(f"```python\n{textwrap.dedent(inspect.getsource(obj))}```")
+
+
+def plot_group_masks(tokenizer, ids, group: int = 0):
+    """One group, a row per position: the ids its kind's mask allows (a bar in the kind's
+    colour over the vocabulary) and the id it holds (a black tick)."""
+    from .tokenizer import true_runs
+
+    rows = tokenizer.explain_group(ids, group)
+    lay = tokenizer.layout
+    masks = lay.kind_masks()
+    fig, ax = plt.subplots(figsize=(12, 0.22 * len(rows) + 1.4), layout="constrained")
+    for y, row in enumerate(rows):
+        kind = lay.kind_of(row["position"])
+        for lo, hi in true_runs(masks[kind]):
+            if hi - lo == 1:  # TEXT_PAD, one id: a marker, so that it shows at this scale
+                ax.plot(lo, y, marker="s", ms=7, color=kind_color("pad"),
+                        markeredgecolor=kind_color(kind), clip_on=False)  # fmt: skip
+            else:
+                ax.barh(y, hi - lo, left=lo, height=0.7, color=kind_color(kind), alpha=0.55)
+        ax.plot([row["id"]] * 2, [y - 0.4, y + 0.4], color="black", lw=2)
+    labels = [f"{r['position']}: {r['kind']}  {r['holds'].replace('▁', '␣')}" for r in rows]
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    for tick, row in zip(ax.get_yticklabels(), rows):
+        tick.set_color(kind_color("pad" if row["kind"] == "TEXT_PAD" else
+                                  lay.kind_of(row["position"])))  # fmt: skip
+    ax.invert_yaxis()
+    ax.set_xlim(0, lay.padded_vocab_size)
+    ax.set_xlabel("token id (bar, and grey square for TEXT_PAD: the ids the mask allows at this "
+                  "position; black: the id it holds)")
+    ax.set_title(f"group {group}: {len(rows)} positions, each allowed only its kind's ids")
+    return fig
+
+
 def plot_token_stats(records: list[dict]):
     """Per chunk: text slots used and largest spill lag, over the tokenized dataset."""
     ok = [r for r in records if r.get("status") == "ok"]
     fig, (ax_pad, ax_lag) = plt.subplots(1, 2, figsize=(12, 3.2))
-    ax_pad.hist([1 - r["pad_share"] for r in ok], bins=20, range=(0, 1), color="tab:blue")
+    ax_pad.hist([1 - r["pad_share"] for r in ok], bins=20, range=(0, 1),
+                color=kind_color("text"))  # fmt: skip
     ax_pad.set_xlabel("share of text slots holding a token")
     ax_pad.set_ylabel("chunks")
     ax_pad.set_title(f"{len(ok)} chunks")
@@ -187,64 +230,155 @@ def plot_words(wav, sample_rate_hz: int, words: list, title: str = ""):
     return fig
 
 
-def plot_token_timeline(tokenizer, ids, words: list | None = None, start_s: float = 0.0,
-                        end_s: float = 8.0, text_source: str = ""):  # fmt: skip
-    """The token stream on a time axis: text slots with their pieces (TEXT_PAD greyed), the Mimi
-    codes per codebook as a heat map, the words at their sound, and arrows for the text lead."""
+def code_colormap(codebook_size: int = 2048):
+    """A categorical colour map for code ids: one colour per code, hues shuffled (fixed seed)
+    so that neighbouring ids do not look alike; a code id is a name, not an amount."""
+    import numpy as np
+    from matplotlib.colors import ListedColormap, hsv_to_rgb
 
+    rng = np.random.default_rng(0)
+    hsv = np.stack([rng.permutation(codebook_size) / codebook_size,
+                    rng.uniform(0.45, 1.0, codebook_size),
+                    rng.uniform(0.55, 1.0, codebook_size)], axis=1)  # fmt: skip
+    return ListedColormap(hsv_to_rgb(hsv), name="codes")
+
+
+def _slot_time_s(layout, slot: int) -> float:
+    """Start of text slot ``slot`` on the time axis (the group's span split between its slots)."""
+    S, gdur = layout.text_slots_per_group, layout.group_duration_s
+    return (slot // S) * gdur + (slot % S) * gdur / S
+
+
+def _draw_text_slots(ax, tokenizer, ids, start_s: float, end_s: float) -> None:
+    """The text slots in ``[start_s, end_s]`` as cells (text in its kind colour, TEXT_PAD grey),
+    each text cell labelled with its SentencePiece piece (``␣`` marks a word start)."""
+    lay = tokenizer.layout
+    width_s = lay.group_duration_s / lay.text_slots_per_group
+    for slot, piece in enumerate(tokenizer.text_pieces(ids)):
+        t0 = _slot_time_s(lay, slot)
+        if not start_s - lay.group_duration_s <= t0 <= end_s:
+            continue
+        face = kind_color("pad" if piece is None else "text")
+        ax.add_patch(plt.Rectangle((t0, 0), width_s * 0.95, 1, color=face, alpha=0.8))
+        if piece is not None:
+            ax.text(t0 + width_s / 2, 0.5, piece.replace("▁", "␣"), rotation=90, ha="center",
+                    va="center", fontsize=7, color="white", clip_on=True)  # fmt: skip
+    ax.set_ylim(0, 1)
+    ax.set_yticks([])
+
+
+def _draw_words(ax, words: list, start_s: float, end_s: float) -> None:
+    """Each word in ``[start_s, end_s]`` as a span at its sound, labelled."""
+    for w in words:
+        if start_s <= w.start_s <= end_s:
+            ax.axvspan(w.start_s, max(w.end_s, w.start_s + 0.03), color="tab:orange", alpha=0.4)
+            ax.text(w.start_s, 0.5, w.text.strip(), fontsize=7, rotation=90, va="center",
+                    clip_on=True)  # fmt: skip
+    ax.set_yticks([])
+
+
+def _first_slots(placements: list[dict]) -> dict[int, dict]:
+    """Word index -> the placement of its first text token."""
+    first = {}
+    for p in placements:
+        first.setdefault(p["word"], p)
+    return first
+
+
+def _lead_arrow(fig, ax_words, ax_text, layout, word, placement, label: bool = True) -> None:
+    """An arrow from a word's sound up to the text slot its first token took."""
+    slot_t = _slot_time_s(layout, placement["slot"])
+    slot_mid = slot_t + layout.group_duration_s / layout.text_slots_per_group / 2
+    fig.add_artist(plt.matplotlib.patches.ConnectionPatch(
+        xyA=(word.start_s, 1.0), coordsA=ax_words.transData, xyB=(slot_mid, 0.0),
+        coordsB=ax_text.transData, arrowstyle="->", color="tab:red", lw=1.5))  # fmt: skip
+    if label:
+        ax_words.annotate(f"its text, {word.start_s - slot_t:.1f} s ahead", (word.start_s, 0.15),
+                          color="tab:red", fontsize=8, clip_on=True)  # fmt: skip
+
+
+def plot_token_timeline(tokenizer, ids, words: list | None = None, start_s: float = 0.0,
+                        end_s: float = 8.0, text_source: str = "",
+                        marks_s: tuple[float, ...] = ()):  # fmt: skip
+    """The token stream on a time axis: text slots with their pieces (TEXT_PAD greyed), the Mimi
+    codes per codebook (a categorical colour per code, with its colour bar), the words at their
+    sound, and an arrow for the text lead. Kinds take their `KIND_COLORS`. ``marks_s``: times
+    (e.g. seams between stored pieces) drawn as a dashed line across the rows."""
     lay = tokenizer.layout
     S, gdur = lay.text_slots_per_group, lay.group_duration_s
-    text, codes = tokenizer.decode(ids)
-    pieces = tokenizer.text_pieces(ids)
+    codes = tokenizer.decode(ids)[1]
+    # constrained layout: the colour bar takes its width from every row, so times stay aligned
     fig, (ax_text, ax_codes, ax_words) = plt.subplots(
-        3, 1, figsize=(14, 5.2), sharex=True, gridspec_kw={"height_ratios": [1.2, 1.6, 0.9]})
-    for slot, piece in enumerate(pieces):
-        t0 = (slot // S) * gdur + (slot % S) * gdur / S
-        if not start_s - gdur <= t0 <= end_s:
-            continue
-        face = "lightgrey" if piece is None else "tab:blue"
-        ax_text.add_patch(plt.Rectangle((t0, 0), gdur / S * 0.95, 1, color=face, alpha=0.8))
-        if piece is not None:
-            ax_text.text(t0 + gdur / S / 2, 0.5, piece.replace("▁", "␣"), rotation=90,
-                         ha="center", va="center", fontsize=7, color="white")  # fmt: skip
-    ax_text.set_ylim(0, 1)
-    ax_text.set_yticks([])
+        3, 1, figsize=(14, 5.4), sharex=True, layout="constrained",
+        gridspec_kw={"height_ratios": [1.2, 1.6, 0.9]})  # fmt: skip
+    _draw_text_slots(ax_text, tokenizer, ids, start_s, end_s)
     ax_text.set_title(f"text slots ({S} per {gdur * 1000:.0f} ms; grey = TEXT_PAD)"
                       + (f", text from {text_source}" if text_source else ""))
     frame_s = 1 / lay.frame_rate_hz
-    ax_codes.imshow(codes, aspect="auto", cmap="viridis", interpolation="nearest",
-                    extent=(0, codes.shape[1] * frame_s, codes.shape[0] - 0.5, -0.5))
+    image = ax_codes.imshow(codes, aspect="auto", cmap=code_colormap(lay.codebook_size),
+                            vmin=-0.5, vmax=lay.codebook_size - 0.5, interpolation="nearest",
+                            extent=(0, codes.shape[1] * frame_s, codes.shape[0] - 0.5, -0.5))
+    bar = fig.colorbar(image, ax=[ax_text, ax_codes, ax_words], fraction=0.03, pad=0.01,
+                       ticks=[0, lay.codebook_size // 2, lay.codebook_size - 1])  # fmt: skip
+    bar.set_label("code id: a category\n(same colour = same code;\nhues shuffled)", fontsize=8)
     ax_codes.set_yticks(range(codes.shape[0]),
                         ["cb0 (sem)"] + [f"cb{k}" for k in range(1, codes.shape[0])])
-    ax_codes.set_title("Mimi codes per codebook (colour = code id)")
-    for w in words or []:
-        if start_s <= w.start_s <= end_s:
-            ax_words.axvspan(w.start_s, max(w.end_s, w.start_s + 0.03), color="tab:orange",
-                             alpha=0.4)  # fmt: skip
-            ax_words.text(w.start_s, 0.5, w.text.strip(), fontsize=7, rotation=90, va="center")
-    ax_words.set_yticks([])
+    for k, tick in enumerate(ax_codes.get_yticklabels()):
+        tick.set_color(kind_color(k + 1))  # the codebook's colour in every figure
+    ax_codes.set_title("Mimi codes per codebook, one frame (80 ms) per column: a run of one "
+                       "colour is a code repeated")
+    _draw_words(ax_words, words or [], start_s, end_s)
     ax_words.set_title("words at their sound")
     ax_words.set_xlabel("time (s)")
     lead = getattr(tokenizer, "text_lead_s", 0.0)
     if words:  # one arrow: from a word's sound back to the slot its first text token took
-        placed = tokenizer.encode(codes[:, : codes.shape[1] // lay.frames_per_group
-                                        * lay.frames_per_group], words).placements
-        first = {}
-        for p in placed:
-            first.setdefault(p["word"], p)
+        whole = codes[:, : codes.shape[1] // lay.frames_per_group * lay.frames_per_group]
+        first = _first_slots(tokenizer.encode(whole, words).placements)
         shown = [(w, first[i]) for i, w in enumerate(words)
                  if i in first and start_s + lead <= w.start_s <= end_s]
         shown = [x for x in shown if x[1]["lag_s"] == 0] or shown
         if shown:
-            w, p = shown[0]
-            slot_t = (p["slot"] // S) * gdur + (p["slot"] % S) * gdur / S + gdur / S / 2
-            fig.add_artist(plt.matplotlib.patches.ConnectionPatch(
-                xyA=(w.start_s, 1.0), coordsA=ax_words.transData, xyB=(slot_t, 0.0),
-                coordsB=ax_text.transData, arrowstyle="->", color="tab:red", lw=1.5))  # fmt: skip
-            ax_words.annotate(f"its text, {w.start_s - slot_t + gdur / S / 2:.1f} s ahead",
-                              (w.start_s, 0.15), color="tab:red", fontsize=8)  # fmt: skip
+            _lead_arrow(fig, ax_words, ax_text, lay, *shown[0])
+    for t in marks_s:
+        for ax in (ax_text, ax_codes, ax_words):
+            ax.axvline(t, color="black", ls="--", lw=1)
     ax_words.set_xlim(start_s, end_s)
-    fig.tight_layout()
+    return fig
+
+
+def plot_text_leads(tokenizers: list, codes, words: list, start_s: float = 0.0,
+                    end_s: float = 8.0):  # fmt: skip
+    """The same ``codes[K, F]`` and words encoded by each tokenizer (e.g. ``text_lead_s`` 0 and
+    2): one row of text slots per tokenizer over the words at their sound, with an arrow from
+    one word's sound to its first text slot in every row."""
+    fig, axes = plt.subplots(len(tokenizers) + 1, 1, figsize=(14, 1.3 * len(tokenizers) + 1.6),
+                             sharex=True, layout="constrained")  # fmt: skip
+    ax_words = axes[-1]
+    _draw_words(ax_words, words, start_s, end_s)
+    ax_words.set_title("words at their sound")
+    ax_words.set_xlabel("time (s)")
+    firsts = []
+    for ax, tok in zip(axes, tokenizers):
+        encoded = tok.encode(codes, words)
+        _draw_text_slots(ax, tok, encoded.ids, start_s, end_s)
+        ax.set_title(f"text slots with text_lead_s = {tok.text_lead_s:g} s (grey = TEXT_PAD)")
+        firsts.append(_first_slots(encoded.placements))
+    lead = max(tok.text_lead_s for tok in tokenizers)
+    # one word for every arrow: after the longest lead, and placed without spill in every row
+    candidates = [i for i, w in enumerate(words) if start_s + lead <= w.start_s <= end_s
+                  and all(i in f for f in firsts)]  # fmt: skip
+    clean = [i for i in candidates if all(f[i]["lag_s"] == 0 for f in firsts)]
+    if clean or candidates:
+        i = (clean or candidates)[0]
+        ahead = []
+        for ax, tok, first in zip(axes, tokenizers, firsts):
+            ax.axvline(words[i].start_s, color="tab:orange", ls="--", lw=1.2, zorder=3)
+            _lead_arrow(fig, ax_words, ax, tok.layout, words[i], first[i], label=False)
+            ahead_s = words[i].start_s - _slot_time_s(tok.layout, first[i]["slot"])
+            ahead.append(f"{ahead_s:.1f} s ahead with lead {tok.text_lead_s:g} s")
+        ax_words.annotate(f"\"{words[i].text.strip()}\": its text {', '.join(ahead)}",
+                          (words[i].start_s, 0.15), color="tab:red", fontsize=8)  # fmt: skip
+    ax_words.set_xlim(start_s, end_s)
     return fig
 
 
@@ -271,18 +405,25 @@ def plot_attention(amap, truth: list | None = None, title: str = ""):
     return fig
 
 
+def start_error_summary(report: dict, title: str = "word start error") -> str:
+    """One line for an `align.word_start_errors` report: words matched, median and p90 error."""
+    if not report["matched"]:
+        return f"{title}: no word matched ({report['n_truth']} true words), nothing to measure"
+    return (f"{title}: median |err| {report['median_abs_ms']:.0f} ms, p90 "
+            f"{report['p90_abs_ms']:.0f} ms ({report['matched']}/{report['n_truth']} words "
+            "matched)")
+
+
 def plot_start_errors(report: dict, title: str = "word start error"):
-    """Histogram of predicted - true word starts (ms), with the median and 90th percentile."""
+    """Histogram of predicted - true word starts (ms), with the median and 90th percentile;
+    None (no figure) when no word matched, as there is nothing to draw: say so with
+    `start_error_summary` instead."""
+    if not report["errors_ms"].size:
+        return None
     fig, ax = plt.subplots(figsize=(7, 3))
-    errors = report["errors_ms"]
-    if errors.size:
-        ax.hist(errors, bins=30, color="tab:purple")
-        ax.axvline(0, color="black", lw=0.8)
-        ax.set_title(f"{title}: median |err| {report['median_abs_ms']:.0f} ms, "
-                     f"p90 {report['p90_abs_ms']:.0f} ms ({report['matched']}/"
-                     f"{report['n_truth']} words matched)")  # fmt: skip
-    else:
-        ax.set_title(f"{title}: no word matched ({report['n_truth']} true words)")
+    ax.hist(report["errors_ms"], bins=30, color="tab:purple")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_title(start_error_summary(report, title), fontsize=9)
     ax.set_xlabel("predicted start - true start (ms)")
     ax.set_ylabel("words")
     fig.tight_layout()
@@ -321,7 +462,7 @@ def plot_dataset_stats(records: list[dict], usage: list[dict]):
     axes[2].hist([r["pad_share"] for r in ok], bins=15, range=(0, 1), color="tab:gray")
     axes[2].set_xlabel("TEXT_PAD share of text slots")
     axes[3].bar([f"cb{u['codebook']}" for u in usage], [u["used"] for u in usage],
-                color="tab:green")  # fmt: skip
+                color=[kind_color(u["codebook"] + 1) for u in usage])  # fmt: skip
     for i, u in enumerate(usage):
         axes[3].text(i, u["used"], f"{u['entropy_bits']:.1f} b", ha="center", va="bottom",
                      fontsize=8)  # fmt: skip
@@ -332,10 +473,16 @@ def plot_dataset_stats(records: list[dict], usage: list[dict]):
     return fig
 
 
+def words_sounding(words: list, start_s: float, end_s: float) -> list:
+    """The words whose ``[w.start_s, w.end_s)`` overlaps ``[start_s, end_s)``: a word begun
+    earlier and still sounding counts too (one with no duration counts where it starts)."""
+    return [w for w in words if w.start_s < end_s and (w.end_s > start_s or w.start_s >= start_s)]
+
+
 class AlignmentExplorer:
     """A chunk dropdown and a time slider that steps group by group: highlights the group on the
-    waveform, lists its text slots and codes and the words sounding in it, and plays the
-    original audio of the span. ``.widget`` is the ipywidgets box to display."""
+    waveform, lists its text slots and codes and the words sounding in it (any overlap), and
+    plays the original audio of the span. ``.widget`` is the ipywidgets box to display."""
 
     def __init__(self, tokenizer, records: list[dict], tokens_root, chunks_root,
                  listen_s: float = 2.0):  # fmt: skip
@@ -383,7 +530,7 @@ class AlignmentExplorer:
         return {"group": g, "start_s": t0, "end_s": t1,
                 "text": self.tokenizer.text_pieces(group_ids),
                 "codes": self.tokenizer.decode(group_ids)[1],
-                "words": [w.text.strip() for w in self.words if t0 <= w.start_s < t1]}  # fmt: skip
+                "words": [w.text.strip() for w in words_sounding(self.words, t0, t1)]}  # fmt: skip
 
     def show(self, time_s: float) -> None:
         """Redraw everything for the group at ``time_s`` (the slider's callback)."""

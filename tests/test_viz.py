@@ -43,7 +43,7 @@ def test_words_plot_has_one_span_per_word():
 
 def test_token_timeline_shows_slots_codes_words_and_the_lead(tok, ids):
     fig = viz.plot_token_timeline(tok, ids, WORDS, 0.0, 8.0, "sidecar:json")
-    ax_text, ax_codes, ax_words = fig.axes
+    ax_text, ax_codes, ax_words = fig.axes[:3]  # then the codes' colour bar
     pieces = tok.text_pieces(ids)
     shown = pieces[: 8 * 5]  # 5 text slots per second
     assert len(ax_text.patches) == len(shown)
@@ -88,7 +88,8 @@ def test_word_start_errors_on_a_hand_made_case():
     assert none["matched"] == 0 and none["median_abs_ms"] is None
     fig = viz.plot_start_errors(report)
     assert "median |err| 100 ms" in fig.axes[0].get_title()
-    assert "no word matched" in viz.plot_start_errors(none).axes[0].get_title()
+    assert viz.plot_start_errors(none) is None  # no empty axes: the text says it
+    assert "no word matched" in viz.start_error_summary(none)
 
 
 def test_code_usage_and_dataset_plot(tok):
@@ -136,8 +137,118 @@ def test_alignment_explorer_steps_through_groups(tmp_path, tok):
     group = explorer.group_at(2.0)
     assert group["group"] == 5 and group["codes"].shape == (4, 5)
     assert "group 5: 2.0-2.4 s" in explorer.info.value and "sidecar:json" in explorer.info.value
-    sounding = [w.text for w in words if 2.0 <= w.start_s < 2.4]
-    assert group["words"] == sounding
+    sounding = [w.text for w in words if w.start_s < 2.4 and w.end_s > 2.0]  # any overlap
+    assert group["words"] == sounding and sounding
     assert len(explorer.audio.outputs) == 1 and len(explorer.plot.outputs) == 1
     explorer.chunk.value = 1  # the dropdown: a shorter chunk clamps the slider
     assert explorer.time.max == pytest.approx(9 * 0.4) and explorer.ids.size == 10 * 22
+
+
+def test_one_kind_palette_in_group_layout_timeline_masks_and_vocab(tok, ids):
+    rgb = matplotlib.colors.to_rgb
+    assert viz.kind_color(0) == viz.KIND_COLORS["text"] and viz.kind_color("pad") == "lightgrey"
+    assert viz.kind_color(1) == viz.KIND_COLORS["cb0"] and viz.kind_color(9) == viz.kind_color(1)
+    layout_ax = viz.plot_group_layout(tok.layout, groups=1).axes[0]
+    cells = [rgb(p.get_facecolor()) for p in layout_ax.patches]
+    kinds = tok.layout.kinds(22)
+    assert cells == [rgb(viz.kind_color(int(k))) for k in kinds]
+    assert len(set(cells)) == 1 + 4  # text and 4 codebooks, each its own colour
+    timeline = viz.plot_token_timeline(tok, ids, WORDS, 0.0, 8.0)
+    ax_text, ax_codes = timeline.axes[:2]
+    texts = {rgb(p.get_facecolor()) for p in ax_text.patches} - {rgb("lightgrey")}
+    assert texts == {rgb(viz.kind_color("text"))}  # the same text colour as the layout figure
+    ticks = [rgb(t.get_color()) for t in ax_codes.get_yticklabels()]
+    assert ticks == cells[2:6]  # codebook k's label in its layout colour
+    vocab_ax = viz.plot_vocab_layout(tok.layout).axes[0]
+    assert [rgb(p.get_facecolor()) for p in vocab_ax.patches[1:5]] == cells[2:6]
+    masks = viz.plot_group_masks(tok, ids, group=1).axes[0]
+    bars = [rgb(p.get_facecolor()) for p in masks.patches]
+    assert set(bars) == set(cells)
+
+
+def test_timeline_codes_use_a_categorical_map_with_its_colour_bar(tok, ids):
+    fig = viz.plot_token_timeline(tok, ids, WORDS, 0.0, 8.0)
+    image = next(a for a in fig.axes[1].get_children() if isinstance(a, AxesImage))
+    cmap = image.get_cmap()
+    assert isinstance(cmap, matplotlib.colors.ListedColormap) and cmap.N == 2048
+    assert image.get_clim() == (-0.5, 2047.5)  # one colour per code id, none shared
+    assert len({tuple(c) for c in np.round(cmap.colors, 6)}) == 2048
+    hues = matplotlib.colors.rgb_to_hsv(cmap.colors[:50])[:, 0]
+    assert np.abs(np.diff(hues)).mean() > 0.1  # neighbouring ids do not look alike
+    bars = [ax for ax in fig.axes if "code id" in ax.get_ylabel()]
+    assert len(bars) == 1 and "categor" in bars[0].get_ylabel()
+    assert image.colorbar is not None and image.colorbar.ax is bars[0]
+    marked = viz.plot_token_timeline(tok, ids, WORDS, 0.0, 8.0, marks_s=(3.2,))
+    for ax in marked.axes[:3]:  # a seam's line on each row, none on the colour bar
+        assert [tuple(line.get_xdata()) for line in ax.lines] == [(3.2, 3.2)]
+
+
+def test_start_errors_draw_no_empty_axes():
+    import matplotlib.pyplot as plt
+
+    before = len(plt.get_fignums())
+    none = {"errors_ms": np.array([]), "matched": 0, "n_truth": 12, "median_abs_ms": None,
+            "p90_abs_ms": None}  # fmt: skip
+    assert viz.plot_start_errors(none, "Whisper vs truth") is None
+    assert len(plt.get_fignums()) == before  # no figure was opened at all
+    assert viz.start_error_summary(none, "Whisper vs truth") == (
+        "Whisper vs truth: no word matched (12 true words), nothing to measure")
+    some = {"errors_ms": np.array([-40.0, 60.0]), "matched": 2, "n_truth": 3,
+            "median_abs_ms": 50.0, "p90_abs_ms": 58.0}  # fmt: skip
+    fig = viz.plot_start_errors(some, "forced")
+    assert fig.axes[0].get_title() == viz.start_error_summary(some, "forced")
+    assert "2/3 words matched" in fig.axes[0].get_title()
+
+
+def test_words_sounding_lists_every_word_overlapping_the_span():
+    words = [Word("long", 0.1, 1.9), Word("ends", 1.5, 2.0), Word("inside", 2.05, 2.2),
+             Word("starts", 2.3, 2.9), Word("later", 2.4, 2.6), Word("tick", 2.1, 2.1)]  # fmt: skip
+    sounding = [w.text for w in viz.words_sounding(words, 2.0, 2.4)]
+    # "long" and "ends" end at or before 2.0 ([start, end) spans); "later" starts at 2.4
+    assert sounding == ["inside", "starts", "tick"]
+    assert [w.text for w in viz.words_sounding(words, 1.6, 2.0)] == ["long", "ends"]
+
+
+def test_alignment_explorer_lists_words_begun_before_the_group(tmp_path, tok):
+    chunks, tokens = tmp_path / "chunks", tmp_path / "tokens"
+    (chunks / "de").mkdir(parents=True)
+    (tokens / "ab").mkdir(parents=True)
+    shutil.copy(DEMO_DIR / "demo_ep_001.webm", chunks / "de" / "a.webm")
+    words = [Word("extraordinary", 1.7, 2.6), Word("yes", 2.9, 3.1)]  # spans groups 4 to 6
+    ids = tok.encode(np.zeros((4, 50), dtype=int), words).ids
+    np.save(tokens / "ab" / "0.npy", ids.astype(np.uint16))
+    record = {"status": "ok", "chunk": "de/a.webm", "tokens": "ab/0.npy", "text_source": "t",
+              "words": [[w.text, w.start_s, w.end_s, 1.0] for w in words]}  # fmt: skip
+    explorer = viz.AlignmentExplorer(tok, [record], tokens, chunks)
+    assert explorer.group_at(1.8)["words"] == ["extraordinary"]  # group 4: it starts here
+    assert explorer.group_at(2.1)["words"] == ["extraordinary"]  # group 5: still sounding
+    assert explorer.group_at(2.5)["words"] == ["extraordinary"]  # group 6: ends at 2.6
+    explorer.time.value = 2.8  # group 7, 2.8-3.2 s: only "yes"
+    assert "words sounding now: <i>yes</i>" in explorer.info.value
+
+
+def test_text_leads_plot_shows_the_same_word_ahead_by_each_lead(text_tokenizer):
+    codes = np.random.default_rng(1).integers(0, 2048, (4, 100))
+    toks = [SpeechTokenizer(text_tokenizer, text_lead_s=lead) for lead in (0.0, 2.0)]
+    fig = viz.plot_text_leads(toks, codes, WORDS, 0.0, 8.0)
+    assert len(fig.axes) == 3
+    assert "text_lead_s = 0 s" in fig.axes[0].get_title()
+    assert "text_lead_s = 2 s" in fig.axes[1].get_title()
+    arrows = [a for a in fig.artists if isinstance(a, matplotlib.patches.ConnectionPatch)]
+    assert len(arrows) == 2  # one per lead, from the same word's sound
+    assert {a.xy1 for a in arrows} == {(2.5, 1.0)}  # "friend.", the first word after 2 s
+    slot_mid = sorted(a.xy2[0] for a in arrows)
+    # lead 2: group 1's second slot ("Hello there," fill its first three); lead 0: group 6
+    assert slot_mid == pytest.approx([0.6 + 0.1, 2.4 + 0.1])
+    note = fig.axes[2].texts[-1].get_text()
+    assert note.startswith('"friend.": its text')
+    assert "0.1 s ahead with lead 0 s" in note and "1.9 s ahead with lead 2 s" in note
+
+
+def test_show_source_is_the_library_source():
+    import inspect
+
+    shown = viz.show_source(SpeechTokenizer.place_text).data
+    assert shown.startswith("```python\ndef place_text(")
+    assert inspect.getsource(SpeechTokenizer.place_text).strip().splitlines()[-1].strip() in shown
+
