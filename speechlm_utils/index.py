@@ -5,8 +5,8 @@ continuation JSON), through our own `YouTubeSession` so that every request goes 
 global rate limit (requests per second across all threads) and is retried with exponential
 backoff and jitter on network errors, HTTP 429 and 5xx. Each term runs on a thread pool; the
 main thread alone writes, so ``index.jsonl`` gets one video a line, deduplicated across terms
-and runs, and ``<out>.done.jsonl`` records each finished term. A crash or Ctrl-C loses only
-the terms in flight.
+and runs, ``<out>.done.jsonl`` records each finished term and ``<out>.rejected.jsonl`` each
+video the filter turned away, with its reason. A crash or Ctrl-C loses only the terms in flight.
 
 Terms are search queries, or ``channel:@handle`` / ``channel:UC…`` / ``playlist:PL…``.
 Local sources (``local:DIR``, ``urls:FILE``) turn media you already have into entries with
@@ -40,7 +40,11 @@ _YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 
 
 class RateLimiter:
-    """Spaces calls at least ``1 / rate_per_s`` apart, across every thread that shares it."""
+    """Spaces calls at least ``1 / rate_per_s`` apart, across every thread that shares it.
+
+    ``calls`` and ``waited_s`` (the seconds all callers together slept for a slot) show how
+    hard the limit held a run back.
+    """
 
     def __init__(self, rate_per_s: float, clock=time.monotonic, sleep=time.sleep):
         if rate_per_s <= 0:
@@ -49,12 +53,15 @@ class RateLimiter:
         self._clock, self._sleep = clock, sleep
         self._next_s = -float("inf")
         self._lock = threading.Lock()
+        self.calls, self.waited_s = 0, 0.0
 
     def acquire(self) -> None:
         with self._lock:
             now = self._clock()
             slot = max(now, self._next_s)
             self._next_s = slot + self.interval_s
+            self.calls += 1
+            self.waited_s += slot - now
         if slot > now:
             self._sleep(slot - now)  # outside the lock: other threads book later slots
 
@@ -272,6 +279,25 @@ def done_path(out: Path) -> Path:
     return out.with_name(out.name.removesuffix(".jsonl") + ".done.jsonl")
 
 
+def rejected_path(out: Path) -> Path:
+    """Where the videos that the filter turned away from ``out`` are recorded, with reasons."""
+    return out.with_name(out.name.removesuffix(".jsonl") + ".rejected.jsonl")
+
+
+def load_rejected(*paths: str | Path) -> list[dict]:
+    """The rejected videos of one or more index files (``id``, ``title``, ``duration_s``,
+    ``reason``, ``query``), each video once; items without an id (malformed) all count."""
+    seen: dict[str, dict] = {}
+    anonymous = []
+    for path in paths:
+        for entry in read_jsonl(rejected_path(Path(path))):
+            if entry.get("id"):
+                seen.setdefault(entry["id"], entry)
+            else:
+                anonymous.append(entry)
+    return [*seen.values(), *anonymous]
+
+
 def load_index(*paths: str | Path) -> list[dict]:
     """Entries of one or more index files (e.g. shards), deduplicated by id, first wins."""
     seen: dict[str, dict] = {}
@@ -303,20 +329,24 @@ class IndexSummary:
 
 
 def _search_term(session: requests.Session, term: str, cfg: IndexConfig) -> dict:
-    """Runs in a worker thread: fetch and parse one term. Returns videos and filter counts."""
-    videos, filtered = [], Counter()
+    """Runs in a worker thread: fetch and parse one term. Returns the videos kept, the ones
+    rejected (with their reason) and the filter counts."""
+    videos, rejected, filtered = [], [], Counter()
     for raw in iter_listing(session, term, cfg.per_query):
         try:
             video = parse_video(raw)
         except ValueError:
             filtered["malformed"] += 1
+            rejected.append({"id": None, "title": "", "duration_s": None, "reason": "malformed"})
             continue
         reason = filter_reason(video, cfg)
         if reason:
             filtered[reason] += 1
+            rejected.append({"id": video["id"], "title": video["title"],
+                             "duration_s": video["duration_s"], "reason": reason})  # fmt: skip
         else:
             videos.append(video)
-    return {"videos": videos, "filtered": filtered}
+    return {"videos": videos, "rejected": rejected, "filtered": filtered}
 
 
 def run_index(
@@ -326,10 +356,11 @@ def run_index(
     shard: tuple[int, int] = (0, 1),
     session_factory: Callable[[], requests.Session] | None = None,
     progress: bool = True,
+    limiter: RateLimiter | None = None,
 ) -> IndexSummary:
     """Index ``terms`` into ``out`` (JSON lines), resuming a previous run. Shard ``(i, n)``
     takes every n-th term. Each worker thread gets a session from ``session_factory``
-    (default: a `YouTubeSession` sharing one rate limiter).
+    (default: a `YouTubeSession` sharing ``limiter``, by default one at ``cfg.requests_per_s``).
     """
     from tqdm.auto import tqdm
 
@@ -340,7 +371,7 @@ def run_index(
     todo = [t for t in terms if t not in finished]
     summary = IndexSummary(terms_total=len(terms), terms_skipped=len(terms) - len(todo))
     if session_factory is None:
-        limiter = RateLimiter(cfg.requests_per_s)
+        limiter = limiter or RateLimiter(cfg.requests_per_s)
 
         def session_factory() -> requests.Session:
             return YouTubeSession(limiter, retries=cfg.retries, backoff_s=cfg.backoff_s,
@@ -353,17 +384,19 @@ def run_index(
             local.session = session_factory()
         return _search_term(local.session, term, cfg)
 
-    bar = tqdm(total=len(todo), desc="index", unit="term", disable=not progress)
+    bar = tqdm(total=len(todo), desc="index", unit="term", disable=not progress or not todo)
     pool = ThreadPoolExecutor(max_workers=max(1, cfg.workers))
     interrupted = False
-    with JsonlWriter(out) as index_file, JsonlWriter(done_path(out)) as done_file:
+    with (JsonlWriter(out) as index_file, JsonlWriter(done_path(out)) as done_file,
+          JsonlWriter(rejected_path(out)) as rejected_file):  # fmt: skip
+        files = (index_file, done_file, rejected_file)
         pending = {pool.submit(work, term): term for term in todo}
         try:
             while pending:
                 finished_now, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished_now:
                     term = pending.pop(future)
-                    _record_term(term, future, index_file, done_file, known_ids, summary)
+                    _record_term(term, future, files, known_ids, summary)
                     bar.update(1)
                     bar.set_postfix(kept=summary.videos_kept, hours=f"{summary.hours_kept:.1f}")
         except BaseException:
@@ -375,8 +408,9 @@ def run_index(
     return summary
 
 
-def _record_term(term, future, index_file, done_file, known_ids, summary) -> None:
-    """Main thread only: append the term's new videos, then mark the term done."""
+def _record_term(term, future, files, known_ids, summary) -> None:
+    """Main thread only: append the term's new and rejected videos, then mark the term done."""
+    index_file, done_file, rejected_file = files
     try:
         result = future.result()
     except Exception as err:  # one bad term never stops the run
@@ -395,6 +429,8 @@ def _record_term(term, future, index_file, done_file, known_ids, summary) -> Non
         new += 1
         summary.videos_kept += 1
         summary.hours_kept += video["duration_s"] / 3600
+    for video in result["rejected"]:
+        rejected_file.write({**video, "query": term})
     summary.filtered.update(result["filtered"])
     summary.terms_done += 1
     done_file.write({"term": term, "status": "ok", "kept": new,
@@ -469,20 +505,22 @@ def index_urls(cfg: IndexConfig, urls: Iterable[str], out: str | Path, source: s
     out = Path(out)
     existing = {e["url"]: e["id"] for e in read_jsonl(out) if "url" in e}
     taken = set(existing.values())
+    rejected_before = {e["url"] for e in read_jsonl(rejected_path(out)) if "url" in e}
     urls = list(dict.fromkeys(u.strip() for u in urls if u.strip()))
     summary = IndexSummary(terms_total=len(urls))
     todo = []
     for url in urls:
-        if url in existing:
+        if url in existing or url in rejected_before:
             summary.terms_skipped += 1
             continue
         vid = youtube_id(url) or _safe_id(Path(urlparse(url).path).stem, url, taken)
         taken.add(vid)
         todo.append((url, vid))
-    with JsonlWriter(out) as index_file, ThreadPoolExecutor(max(1, cfg.workers)) as pool:
+    with (JsonlWriter(out) as index_file, JsonlWriter(rejected_path(out)) as rejected_file,
+          ThreadPoolExecutor(max(1, cfg.workers)) as pool):  # fmt: skip
         results = pool.map(lambda item: _try(_describe_media, item[0]), todo)
-        for (url, vid), (info, error) in tqdm(zip(todo, results), total=len(todo),
-                                               desc="index", unit="file", disable=not progress):
+        for (url, vid), (info, error) in tqdm(zip(todo, results), total=len(todo), desc="index",
+                                               unit="file", disable=not progress or not todo):
             if error:
                 summary.terms_failed[url] = error
                 continue
@@ -492,6 +530,9 @@ def index_urls(cfg: IndexConfig, urls: Iterable[str], out: str | Path, source: s
             reason = filter_reason(video, cfg)
             if reason:
                 summary.filtered[reason] += 1
+                rejected_file.write({"id": vid, "url": url, "title": video["title"],
+                                     "duration_s": video["duration_s"], "reason": reason,
+                                     "query": source})  # fmt: skip
                 continue
             video.pop("kind")
             index_file.write({**video, "query": source, "source": source})

@@ -5,7 +5,8 @@ post-processing) into ``<out>/.tmp/<id>/``; ffmpeg's segment muxer cuts it as it
 (``-c copy -map 0:a:0``, so a video stream is never kept) into
 ``<out>/<id[:2]>/<id>/<id>_%05d.<ext>`` with the codec untouched; the chunk folder appears
 atomically (built in the temp folder, then renamed) with ``chunks.json`` listing each chunk's
-real start and end. The download is removed. Each video gets one line in ``scrape.jsonl``:
+real start and end, the source's packet length, and the chunks the speech filter dropped. The
+download is removed. Each video gets one line in ``scrape.jsonl``:
 ``ok``, ``failed`` (with a short reason) or ``skipped``.
 
 Failures never stop the run; a re-run skips every video with a line (``--retry-failed`` redoes
@@ -201,6 +202,20 @@ def place_chunks(src: Path, dest: Path, packets: list[tuple[str, float, float]],
     return chunks
 
 
+def packet_duration_s(path: Path) -> float | None:
+    """The length of one compressed packet of the first audio stream (e.g. 0.02 for YouTube's
+    Opus, 1024 samples for AAC), read from its first packets with ffmpeg's framecrc muxer."""
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
+           "-map", "0:a:0", "-c", "copy", "-frames:a", "8", "-f", "framecrc", "-"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    base = re.search(r"^#tb 0: (\d+)/(\d+)", proc.stdout, re.M)
+    durations = sorted(int(line.split(",")[3]) for line in proc.stdout.splitlines()
+                       if line.startswith("0,") and line.count(",") >= 5)  # fmt: skip
+    if proc.returncode or not base or not durations or durations[len(durations) // 2] <= 0:
+        return None
+    return durations[len(durations) // 2] * int(base[1]) / int(base[2])  # median: no edge packet
+
+
 def transcode_segments(src: Path, dest: Path, chunk_s: float, codec: str) -> None:
     """The naive alternative to `segment_copy`: decode and re-encode every chunk (for
     comparison only; it costs CPU and loses quality)."""
@@ -283,13 +298,14 @@ def _download_and_cut(entry, final: Path, tmp: Path, cfg, speech) -> dict:
     if info["codec"] is None:
         raise ScrapeError(f"not audio (no audio stream in the .{src.suffix.lstrip('.')} file)")
     ext = CHUNK_EXT_BY_CODEC.get(info["codec"], "mka")  # Matroska takes any codec
+    packet_s = packet_duration_s(src)
     chunks = segment_copy(src, tmp / "chunks", final.name, cfg.chunk_s, ext, info["codec"])
     got_s = chunks[-1]["end_s"]
     if info["duration_s"] and got_s < info["duration_s"] - max(2.0, 0.02 * info["duration_s"]):
         raise ScrapeError(f"truncated: {got_s:.1f} s of {info['duration_s']:.1f} s readable")
     src.unlink()  # the download is not kept
     text = _attach_timed_text(entry["url"], tmp / "dl", tmp / "chunks", chunks, got_s, cfg)
-    dropped = 0
+    dropped = []
     if speech is not None:
         kept = []
         for chunk in chunks:
@@ -298,18 +314,20 @@ def _download_and_cut(entry, final: Path, tmp: Path, cfg, speech) -> dict:
                 kept.append(chunk)
             else:
                 (tmp / "chunks" / chunk["file"]).unlink()
-                dropped += 1
+                dropped.append({k: v for k, v in chunk.items() if k != "words"})
         chunks = kept
     meta = {"id": final.name, "codec": info["codec"], "chunk_s": cfg.chunk_s,
-            "duration_s": round(got_s, 3), "source_bytes": size, "dropped_low_speech": dropped,
-            "text_source": text, "chunks": chunks}  # fmt: skip
+            "packet_s": packet_s, "duration_s": round(got_s, 3), "source_bytes": size,
+            "dropped_low_speech": len(dropped), "min_speech_ratio": cfg.min_speech_ratio,
+            "text_source": text, "chunks": chunks, "dropped": dropped}  # fmt: skip
     write_json_atomic(tmp / "chunks" / "chunks.json", meta)
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():  # a crash after the rename but before the manifest line: redo it
         shutil.rmtree(final)
     (tmp / "chunks").rename(final)
     return {"n_chunks": len(chunks), "duration_s": meta["duration_s"], "bytes": size,
-            "codec": info["codec"], "dropped_low_speech": dropped, "text_source": text}  # fmt: skip
+            "codec": info["codec"], "dropped_low_speech": len(dropped),
+            "text_source": text}  # fmt: skip
 
 
 def _find_timed_text(url: str, dl_dir: Path, cfg: ScrapeConfig) -> tuple[str, Path] | None:
@@ -386,9 +404,12 @@ class ScrapeSummary:
 
     def __str__(self) -> str:
         lines = [f"videos: {self.ok} ok, {len(self.failed)} failed, {self.skipped_done} done "
-                 f"before, of {self.videos_total}",
-                 f"audio: {self.hours:.2f} h in {self.seconds:.1f} s "
-                 f"({self.realtime_factor:.0f}x realtime)"]  # fmt: skip
+                 f"before, of {self.videos_total}"]  # fmt: skip
+        if self.ok:
+            lines.append(f"audio: {self.hours:.2f} h in {self.seconds:.1f} s "
+                         f"({self.realtime_factor:.0f}x realtime)")  # fmt: skip
+        else:  # a factor over nothing downloaded would read as 0x
+            lines.append("audio: nothing new chunked in this run")
         if self.reasons:
             lines.append("failed: " + ", ".join(f"{k} {v}" for k, v in self.reasons.most_common()))
         if self.stopped:
@@ -425,7 +446,7 @@ def run_scrape(cfg: ScrapeConfig, entries: list[dict], out_root: str | Path,
     speech = SpeechFilter() if cfg.speech_filter else None
     start = time.perf_counter()
     total_h = sum((e.get("duration_s") or 0) for e in todo) / 3600
-    bar = tqdm(total=round(total_h, 3), desc="scrape", unit="h", disable=not progress,
+    bar = tqdm(total=round(total_h, 3), desc="scrape", unit="h", disable=not progress or not todo,
                bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h [{elapsed}<{remaining}]")
     queue = list(todo)
     pool = ThreadPoolExecutor(max_workers=max(1, cfg.workers))
@@ -464,6 +485,81 @@ def run_scrape(cfg: ScrapeConfig, entries: list[dict], out_root: str | Path,
         bar.close()
         summary.seconds = time.perf_counter() - start
     return summary
+
+
+def manifest_rows(records: list[dict]) -> list[dict]:
+    """Manifest records as readable table rows: audio in minutes, size in MB, the realtime
+    factor of the download and cut, and why a video failed."""
+    rows = []
+    for r in records:
+        audio_s, taken_s = r.get("duration_s") or 0.0, r.get("seconds_taken") or 0.0
+        rows.append({"video": r.get("id"), "status": r.get("status"), "codec": r.get("codec"),
+                     "chunks kept": r.get("n_chunks"),
+                     "dropped (speech)": r.get("dropped_low_speech"),
+                     "audio (min)": round(audio_s / 60, 2), "MB": round(r.get("bytes", 0) / 1e6, 2),
+                     "took (s)": taken_s,
+                     "x realtime": round(audio_s / taken_s, 1) if audio_s and taken_s else None,
+                     "reason": r.get("reason") or ""})  # fmt: skip
+    return rows
+
+
+def dropped_chunks(listing: dict, min_gap_s: float = 0.05) -> list[dict]:
+    """The chunks the speech filter dropped from a video: as ``chunks.json`` lists them, or,
+    in listings written before it did, the gaps (longer than ``min_gap_s``) they left."""
+    if "dropped" in listing:
+        return listing["dropped"]
+    if not listing.get("dropped_low_speech"):
+        return []
+    ends = [0.0, *(c["end_s"] for c in listing["chunks"])]
+    starts = [*(c["start_s"] for c in listing["chunks"]), listing["duration_s"]]
+    return [{"file": "(deleted)", "start_s": end, "end_s": start, "speech_ratio": None}
+            for end, start in zip(ends, starts) if start - end > min_gap_s]  # fmt: skip
+
+
+def chunk_rows(listing: dict, words_shown: int = 8) -> list[dict]:
+    """One video's chunks, kept and dropped, in time order, as readable table rows: where each
+    lies, its speech share and its first words (instead of the raw word list)."""
+    threshold = listing.get("min_speech_ratio")
+    rows = []
+    for chunk, kept in sorted([(c, True) for c in listing["chunks"]] +
+                              [(c, False) for c in dropped_chunks(listing)],
+                              key=lambda ck: ck[0]["start_s"]):  # fmt: skip
+        words = [w[0] for w in chunk.get("words", [])]
+        text = " ".join(words[:words_shown]) + (" …" if len(words) > words_shown else "")
+        ratio = chunk.get("speech_ratio")
+        if kept:
+            fate = "kept"
+        elif ratio is None:
+            fate = "dropped: too little speech"
+        else:
+            fate = f"dropped: speech {ratio:.2f}" + (f" < {threshold:g}" if threshold else "")
+        rows.append({"file": chunk["file"], "start_s": chunk["start_s"], "end_s": chunk["end_s"],
+                     "length (s)": round(chunk["end_s"] - chunk["start_s"], 3),
+                     "speech share": ratio, "fate": fate, "words": len(words) if kept else None,
+                     "first words": text})  # fmt: skip
+    return rows
+
+
+def cut_rows(listings: list[dict]) -> list[dict]:
+    """Every cut (chunk k >= 1, kept or dropped): the requested time ``k * chunk_s``, the start
+    the chunk really got (in ms: tables show 2 decimals), their difference in ms, and the
+    packet length (from ``chunks.json``, else measured on the first chunk file, which has the
+    source's packets)."""
+    rows = []
+    for meta in listings:
+        packet_s = meta.get("packet_s")
+        if packet_s is None and meta["chunks"] and "folder" in meta:  # listings from before
+            packet_s = packet_duration_s(Path(meta["folder"]) / meta["chunks"][0]["file"])
+        for chunk in sorted([*meta["chunks"], *dropped_chunks(meta)], key=lambda c: c["start_s"]):
+            k = round(chunk["start_s"] / meta["chunk_s"])
+            if k == 0:
+                continue
+            requested_s = k * meta["chunk_s"]
+            rows.append({"video": meta["id"], "codec": meta.get("codec"), "cut": k,
+                         "requested_s": requested_s, "start_ms": round(chunk["start_s"] * 1000, 3),
+                         "offset_ms": round((chunk["start_s"] - requested_s) * 1000, 3),
+                         "packet_ms": round(packet_s * 1000, 3) if packet_s else None})  # fmt: skip
+    return rows
 
 
 def ensure_chunks(data_dir: str | Path, profile: str) -> Path:

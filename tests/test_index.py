@@ -247,3 +247,28 @@ def test_searches_file_is_big_and_clean():
     assert len({t.lower() for t in terms}) == len(terms)
     banned = ("audiobook", "asmr", "lyrics", "karaoke", "meditation")
     assert not [t for t in terms if any(b in t for b in banned)]
+
+
+def test_rejected_videos_are_written_with_their_reason(tmp_path):
+    out = tmp_path / "index.jsonl"
+    with FakeYouTube(CATALOG) as fake:
+        summary = index.run_index(config(fake), TERMS, out, progress=False)
+    rejected = index.load_rejected(out)
+    reasons = {}
+    for r in rejected:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    assert reasons == {k: v for k, v in summary.filtered.items() if k != "duplicate"}
+    by_id = {r["id"]: r for r in rejected if r["id"]}
+    assert by_id["short000001"]["duration_s"] == 40 and by_id["live0000001"]["duration_s"] is None
+    assert by_id[video(901)["id"]]["reason"] == "too_short"
+    assert by_id[video(900)["id"]]["query"] == "history podcast"
+    assert not set(by_id) & ids_of(out)  # a rejected video is never in the index
+
+
+def test_rate_limiter_counts_the_waiting():
+    now = {"t": 0.0}
+    limiter = index.RateLimiter(2.0, clock=lambda: now["t"],
+                                sleep=lambda s: now.update(t=now["t"] + s))  # fmt: skip
+    for _ in range(4):  # back to back: each after the first waits half a second
+        limiter.acquire()
+    assert limiter.calls == 4 and limiter.waited_s == pytest.approx(1.5) and now["t"] == 1.5

@@ -238,3 +238,49 @@ def test_speech_filter_drops_silent_chunks(media, tmp_path):
     assert [c["start_s"] < 19.9 for c in meta["chunks"]] == [True, True]
     assert all(c["speech_ratio"] > 0.5 for c in meta["chunks"])
     assert len(list(scrape.chunk_dir(out, "mixed_webm").glob("*.webm"))) == 2
+    assert len(meta["dropped"]) == meta["dropped_low_speech"]  # listed, files gone
+    assert all(d["speech_ratio"] < 0.3 and "words" not in d for d in meta["dropped"])
+    assert meta["packet_s"] == pytest.approx(0.020)
+
+
+def test_packet_duration_is_read_from_the_packets():
+    assert scrape.packet_duration_s(DEMO_DIR / "demo_ep_001.webm") == pytest.approx(0.020)
+    assert scrape.packet_duration_s(DEMO_DIR / "demo_ep_002.m4a") == pytest.approx(1024 / 22_050)
+    assert scrape.packet_duration_s(DEMO_DIR / "demo_ep_001.json") is None
+
+
+LISTING = {"id": "vid", "codec": "aac", "chunk_s": 20.0, "packet_s": 1024 / 22_050,
+           "duration_s": 50.2, "dropped_low_speech": 1, "min_speech_ratio": 0.3,
+           "chunks": [{"file": "vid_00000.m4a", "start_s": -0.04644, "end_s": 19.969161,
+                       "speech_ratio": 0.9, "words": [["Hello", 0.1, 0.4], ["there", 0.5, 0.8]]},
+                      {"file": "vid_00002.m4a", "start_s": 39.984762, "end_s": 50.2,
+                       "speech_ratio": 0.8, "words": []}],
+           "dropped": [{"file": "vid_00001.m4a", "start_s": 19.969161, "end_s": 39.984762,
+                        "speech_ratio": 0.05}]}  # fmt: skip
+
+
+def test_chunk_and_cut_rows_are_readable_and_include_the_dropped_chunk():
+    rows = scrape.chunk_rows(LISTING)
+    assert [r["file"] for r in rows] == ["vid_00000.m4a", "vid_00001.m4a", "vid_00002.m4a"]
+    assert [r["fate"] for r in rows] == ["kept", "dropped: speech 0.05 < 0.3", "kept"]
+    assert rows[0]["first words"] == "Hello there" and rows[0]["words"] == 2
+    assert all(not isinstance(v, list) for r in rows for v in r.values())  # no raw word lists
+    cuts = scrape.cut_rows([LISTING])
+    assert [(c["cut"], c["requested_s"]) for c in cuts] == [(1, 20.0), (2, 40.0)]
+    assert [c["offset_ms"] for c in cuts] == pytest.approx([-30.839, -15.238])
+    assert all(c["packet_ms"] == pytest.approx(46.44, abs=1e-3) for c in cuts)
+    # a listing from before `dropped` was recorded: the gap it left stands in for it
+    old = {k: v for k, v in LISTING.items() if k not in ("dropped", "packet_s")}
+    gap = scrape.dropped_chunks(old)
+    assert [(g["start_s"], g["end_s"]) for g in gap] == [(19.969161, 39.984762)]
+
+
+def test_manifest_rows_and_a_rerun_summary_say_nothing_was_done():
+    record = {"id": "vid", "status": "ok", "codec": "opus", "n_chunks": 3, "duration_s": 60.0,
+              "bytes": 2_500_000, "seconds_taken": 4.0, "dropped_low_speech": 1}  # fmt: skip
+    row = scrape.manifest_rows([record, {"id": "bad", "status": "failed", "reason": "HTTP 404"}])
+    assert row[0]["audio (min)"] == 1.0 and row[0]["MB"] == 2.5 and row[0]["x realtime"] == 15.0
+    assert row[1]["x realtime"] is None and row[1]["reason"] == "HTTP 404"
+    text = str(scrape.ScrapeSummary(videos_total=3, skipped_done=3))
+    assert "0x" not in text and "nothing new" in text
+    assert "15x realtime" in str(scrape.ScrapeSummary(ok=1, hours=1 / 60, seconds=4.0))
