@@ -33,25 +33,101 @@ def kind_color(kind: int | str) -> str:
     return KIND_COLORS[f"cb{(kind - 1) % n_codebook_colors}"]
 
 
-def plot_index(entries: list[dict], top_terms: int = 20, title: str | None = None):
-    """Hours found per search term (the top ones) and the distribution of video durations."""
+# Colours of the index filter's reasons (`index.filter_reason`, plus malformed items).
+REJECT_COLORS: dict[str, str] = {
+    "too_short": "tab:orange",
+    "too_long": "tab:red",
+    "excluded_word": "tab:purple",
+    "short": "tab:pink",
+    "live": "tab:brown",
+    "upcoming": "tab:gray",
+    "no_duration": "tab:olive",
+    "malformed": "black",
+}
+
+
+def plot_index(entries: list[dict], top_terms: int = 20, title: str | None = None,
+               rejected: list[dict] | None = None,
+               bounds_s: tuple[float, float] | None = None):  # fmt: skip
+    """Hours found per search term (the top ones) and the durations of the videos kept; with
+    ``rejected`` (`index.load_rejected`) also the rejected ones, stacked by reason on the same
+    log-scale bins, and a bar per reason; ``bounds_s`` marks the duration filter's limits."""
+    import numpy as np
+
     hours = defaultdict(float)
     for entry in entries:
         hours[entry.get("query", "?")] += (entry.get("duration_s") or 0) / 3600
     ranked = sorted(hours.items(), key=lambda kv: kv[1], reverse=True)[:top_terms]
-    fig, (ax_terms, ax_dur) = plt.subplots(1, 2, figsize=(12, max(3, 0.3 * len(ranked) + 1.5)))
+    panels = 2 if rejected is None else 3
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, max(3.5, 0.3 * len(ranked) + 1.5)))
+    ax_terms, ax_dur = axes[0], axes[1]
     names = [name for name, _ in ranked][::-1]
     ax_terms.barh(names, [h for _, h in ranked][::-1], color="tab:blue")
     ax_terms.set_xlabel("hours indexed")
     ax_terms.set_title(f"hours per term (top {len(ranked)} of {len(hours)})")
-    durations_min = [(e.get("duration_s") or 0) / 60 for e in entries]
-    ax_dur.hist(durations_min, bins=min(40, max(5, len(durations_min) // 3)), color="tab:green")
-    ax_dur.set_xlabel("duration (minutes)")
+    kept_min = [e["duration_s"] / 60 for e in entries if e.get("duration_s")]
+    by_reason: dict[str, list[float]] = defaultdict(list)
+    counts: dict[str, int] = defaultdict(int)
+    for r in rejected or []:
+        counts[r["reason"]] += 1
+        if r.get("duration_s"):
+            by_reason[r["reason"]].append(r["duration_s"] / 60)
+    every = kept_min + [d for ds in by_reason.values() for d in ds]
+    if every:
+        lo, hi = min(every), max(every)
+        bins = np.geomspace(lo * 0.95, hi * 1.05, min(40, max(6, len(every) // 4)) + 1)
+        stacks = [kept_min, *by_reason.values()]
+        labels = [f"kept ({len(kept_min)})"] + [f"{k} ({len(v)})" for k, v in by_reason.items()]
+        colors = ["tab:green"] + [REJECT_COLORS.get(k, "tab:cyan") for k in by_reason]
+        ax_dur.hist(stacks, bins=bins, stacked=True, color=colors, label=labels)
+        ax_dur.set_xscale("log")
+    for bound_s, name in zip(bounds_s or (), ("min", "max")):
+        ax_dur.axvline(bound_s / 60, color="black", ls="--", lw=1)
+        label = (f"{bound_s:g} s" if bound_s < 60 else f"{bound_s / 60:g} min"
+                 if bound_s < 3600 else f"{bound_s / 3600:g} h")  # fmt: skip
+        ax_dur.annotate(f"{name} {label}", (bound_s / 60, 1),
+                        xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",
+                        fontsize=8)  # fmt: skip
+    ax_dur.set_xlabel("duration (minutes, log scale)")
     ax_dur.set_ylabel("videos")
-    total_h = sum(durations_min) / 60
-    ax_dur.set_title(f"{len(entries)} videos, {total_h:.2f} h in all")
+    total_h = sum(kept_min) / 60
+    ax_dur.set_title(f"{len(entries)} videos kept, {total_h:.2f} h in all")
+    if rejected is not None:
+        ax_rej = axes[2]
+        reasons = sorted(counts, key=counts.get)
+        bars = ax_rej.barh(reasons, [counts[k] for k in reasons],
+                           color=[REJECT_COLORS.get(k, "tab:cyan") for k in reasons])  # fmt: skip
+        ax_rej.bar_label(bars, [f"{counts[k]}" + ("" if by_reason.get(k) else " (no duration)")
+                                for k in reasons], fontsize=8, padding=2)  # fmt: skip
+        ax_rej.set_xlabel("videos rejected")
+        ax_rej.set_title(f"{len(rejected)} rejected, by reason" if rejected else "none rejected")
+        ax_rej.margins(x=0.3)
+        if rejected:  # the histogram's key, where the short bars leave room
+            ax_rej.legend(*ax_dur.get_legend_handles_labels(), title="histogram", fontsize=8,
+                          loc="lower right")  # fmt: skip
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_requests(arrivals_s: dict[str, list[float]], limit_per_s: float | None = None):
+    """Requests a server received over time, one curve per run (name -> arrival times in
+    seconds); ``limit_per_s`` draws the line a rate limit holds them under."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    longest_s = 0.0
+    for name, times in arrivals_s.items():
+        times = sorted(t - min(times) for t in times)
+        ax.step(times, range(1, len(times) + 1), where="post", label=f"{name}: {len(times)} "
+                f"requests in {times[-1]:.1f} s")  # fmt: skip
+        longest_s = max(longest_s, times[-1])
+    if limit_per_s:
+        ax.plot([0, longest_s], [1, 1 + limit_per_s * longest_s], "k--", lw=1,
+                label=f"the limit: {limit_per_s:g} requests/s")  # fmt: skip
+    ax.set_xlabel("seconds since the first request")
+    ax.set_ylabel("requests received")
+    ax.set_title("requests the server saw")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -76,21 +152,43 @@ def table(rows: list[dict], columns: list[str] | None = None, max_rows: int = 30
     return HTML(f"<table><tr>{head}</tr>{''.join(body)}</table>{more}")
 
 
-def plot_scrape(records: list[dict], listings: list[dict]):
-    """Chunk durations, and each video's realtime factor (audio seconds per wall second)."""
-    durations = [c["end_s"] - c["start_s"] for meta in listings for c in meta["chunks"]]
+def plot_scrape(records: list[dict], listings: list[dict], max_cuts: int = 12):
+    """Where the first ``max_cuts`` cuts landed (each chunk's real start against its requested
+    ``k * chunk_s``, on the source's packet grid; rows from `scrape.cut_rows`), and each
+    video's realtime factor (audio seconds per wall second of its download and cut)."""
+    import numpy as np
+
+    from .scrape import cut_rows
+
+    cuts = cut_rows(listings)[:max_cuts]
     ok = [r for r in records if r.get("status") == "ok" and r.get("seconds_taken")]
-    fig, (ax_chunks, ax_rtf) = plt.subplots(1, 2, figsize=(12, 3.5))
-    ax_chunks.hist(durations, bins=30, color="tab:purple")
-    ax_chunks.set_xlabel("chunk duration (s)")
-    ax_chunks.set_ylabel("chunks")
-    ax_chunks.set_title(f"{len(durations)} chunks: cuts land on packet boundaries")
+    fig, (ax_cuts, ax_rtf) = plt.subplots(1, 2, figsize=(12, max(3.5, 0.4 * len(cuts) + 1.5)))
+    span_ms = 1.6 * max([c["packet_ms"] or 0 for c in cuts] + [abs(c["offset_ms"]) for c in cuts]
+                        + [20.0])  # fmt: skip
+    for row, cut in enumerate(cuts):
+        if cut["packet_ms"]:  # packet edges: multiples of the packet length from the start
+            first = np.ceil((cut["requested_s"] * 1000 - span_ms) / cut["packet_ms"])
+            edges = np.arange(first, first + 2 * span_ms / cut["packet_ms"] + 1) * cut["packet_ms"]
+            ax_cuts.vlines(edges - cut["requested_s"] * 1000, row - 0.35, row + 0.35,
+                           color="grey", lw=1, label="packet edges" if row == 0 else None)
+        ax_cuts.plot(cut["offset_ms"], row, "o", color="tab:purple",
+                     label="where the chunk starts" if row == 0 else None)  # fmt: skip
+    ax_cuts.axvline(0, color="black", ls="--", lw=1, label="requested cut (k × chunk_s)")
+    ax_cuts.set_yticks(range(len(cuts)), [f"{c['video']} ({c['codec']}) @ {c['requested_s']:g} s"
+                                          for c in cuts], fontsize=8)  # fmt: skip
+    ax_cuts.set_xlim(-span_ms, span_ms)
+    ax_cuts.set_ylim(len(cuts) - 0.5, -0.5 - 0.8)
+    ax_cuts.set_xlabel("chunk start − requested cut (ms)")
+    ax_cuts.set_title(f"{len(cuts)} cuts: each moves to a packet edge near its mark")
+    ax_cuts.legend(fontsize=7, loc="upper right", ncol=3)
     names = [r["id"] for r in ok]
     factors = [r["duration_s"] / r["seconds_taken"] for r in ok]
     ax_rtf.bar(range(len(ok)), factors, color="tab:orange")
     ax_rtf.set_xticks(range(len(ok)), names, rotation=30, ha="right", fontsize=8)
     ax_rtf.set_ylabel("audio s per wall s")
-    ax_rtf.set_title("realtime factor per video (download + cut)")
+    filtered = any("speech_ratio" in c for meta in listings for c in meta["chunks"])
+    ax_rtf.set_title("realtime factor per video (download + cut"
+                     + (" + speech filter)" if filtered else ")"))  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -176,9 +274,9 @@ def plot_group_masks(tokenizer, ids, group: int = 0):
         ax.plot([row["id"]] * 2, [y - 0.4, y + 0.4], color="black", lw=2)
     labels = [f"{r['position']}: {r['kind']}  {r['holds'].replace('▁', '␣')}" for r in rows]
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
-    for tick, row in zip(ax.get_yticklabels(), rows):
-        tick.set_color(kind_color("pad" if row["kind"] == "TEXT_PAD" else
-                                  lay.kind_of(row["position"])))  # fmt: skip
+    for tick, row in zip(ax.get_yticklabels(), rows):  # a pad's light grey is too pale to read
+        tick.set_color("dimgray" if row["kind"] == "TEXT_PAD" else
+                       kind_color(lay.kind_of(row["position"])))  # fmt: skip
     ax.invert_yaxis()
     ax.set_xlim(0, lay.padded_vocab_size)
     ax.set_xlabel("token id (bar, and grey square for TEXT_PAD: the ids the mask allows at this "
@@ -572,11 +670,27 @@ class AlignmentExplorer:
         self.audio.append_display_data(Audio(self.wav[a:b], rate=MIMI_SAMPLE_RATE_HZ))
 
 
-def plot_training(metrics: list[dict]):
-    """Training and validation loss per kind (text, pad, semantic, acoustic) over steps."""
+LOSS_KIND_COLORS = {"text": "text", "pad": "pad", "semantic": "cb0", "acoustic": "cb1"}
+
+
+def loss_kind_color(kind: str) -> str:
+    """A loss kind's colour (`train.LOSS_KINDS`: semantic is codebook 0, acoustic codebook 1
+    onwards), from `KIND_COLORS`; the pad's light grey darkened enough to draw a line."""
+    from matplotlib.colors import to_hex, to_rgb
+
+    color = kind_color(LOSS_KIND_COLORS[kind])
+    return to_hex([c * 0.6 for c in to_rgb(color)]) if kind == "pad" else color
+
+
+def plot_training(metrics: list[dict], codebook_size: int = 2048):
+    """Training and validation loss per kind (text, pad, semantic, acoustic) over steps, with
+    the loss of a uniform guess among a codebook's ``codebook_size`` codes (ln 2048 = 7.6
+    nats): an audio loss above it is worse than chance."""
+    import math
+
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(13, 3.6), sharey=True)
-    for kind, color in (("text", "tab:blue"), ("pad", "tab:gray"), ("semantic", "tab:green"),
-                        ("acoustic", "tab:orange")):  # fmt: skip
+    for kind in LOSS_KIND_COLORS:
+        color = loss_kind_color(kind)
         for ax, key in ((ax_train, f"loss_{kind}"), (ax_val, f"val_loss_{kind}")):
             points = [(m["step"], m[key]) for m in metrics if key in m]
             if points:
@@ -585,6 +699,9 @@ def plot_training(metrics: list[dict]):
     total = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
     if total:
         ax_train.plot(*zip(*total), label="weighted total", color="black", lw=1.5)
+    for ax in (ax_train, ax_val):
+        ax.axhline(math.log(codebook_size), color="black", ls=":", lw=1,
+                   label=f"uniform guess, audio (ln {codebook_size})")  # fmt: skip
     ax_train.set_yscale("log")
     ax_train.set_title("training loss per kind")
     ax_val.set_title("validation loss per kind (held-out videos)")
@@ -610,5 +727,75 @@ def plot_pad_odds(rows: list[dict]):
            xlabel="pad weight", ylabel="P(TEXT_PAD) learned")  # fmt: skip
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("What a text slot learns about silence")
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_shares(rows: list[dict]):
+    """The share of the training loss each kind carries (`train.kind_loss_shares`), one bar
+    per set of weights (``rows``: ``{"weights": label, "text": share, ...}``), stacked."""
+    fig, ax = plt.subplots(figsize=(8.5, 1.3 + 0.5 * len(rows)))
+    labels = [r["weights"] for r in rows][::-1]
+    left = [0.0] * len(rows)
+    for kind in LOSS_KIND_COLORS:
+        shares = [r[kind] for r in rows][::-1]
+        ax.barh(labels, shares, left=left, color=loss_kind_color(kind), label=kind)
+        for y, (x0, share) in enumerate(zip(left, shares)):
+            if share > 0.04:
+                ax.text(x0 + share / 2, y, f"{share:.0%}", ha="center", va="center", fontsize=8,
+                        color="white" if kind != "pad" else "black")  # fmt: skip
+        left = [x0 + share for x0, share in zip(left, shares)]
+    ax.set(xlim=(0, 1), xlabel="share of the loss")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.set_title("Share of the loss per kind, by weights (text, pad, semantic, acoustic)",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def plot_recipe_comparison(rows: list[dict]):
+    """Training loss over steps per recipe (`train.compare_recipes`), and each recipe's
+    trainable parameters and seconds per step."""
+    fig, (ax_loss, ax_params, ax_time) = plt.subplots(
+        1, 3, figsize=(13, 3.4), gridspec_kw={"width_ratios": [2.2, 1, 1]})
+    colors = ("black", "tab:blue", "tab:red", "tab:green", "tab:purple")
+    names = [r["recipe"] for r in rows]
+    for row, color in zip(rows, colors):
+        ax_loss.plot(row["steps"], row["losses"], color=color, label=row["recipe"])
+    ax_loss.set(xlabel="step", ylabel="training loss (nats)", title="same data, same steps")
+    ax_loss.legend(fontsize=8)
+    y = range(len(rows))
+    ax_params.barh(y, [r["trainable"] / 1e6 for r in rows], color=colors[: len(rows)])
+    ax_params.set(yticks=list(y), yticklabels=names, xlabel="trainable parameters (M)")
+    for i, r in enumerate(rows):
+        ax_params.text(r["trainable"] / 1e6, i, f" {r['trainable'] / r['total']:.0%} of "
+                       f"{r['total'] / 1e6:.1f} M, {r['layers']} layers", va="center",
+                       fontsize=7)  # fmt: skip
+    ax_params.set_xlim(0, 2.2 * max(r["trainable"] for r in rows) / 1e6)  # room for labels
+    ax_time.barh(y, [r["step_s"] for r in rows], color=colors[: len(rows)])
+    ax_time.set(yticks=list(y), yticklabels=[], xlabel="seconds per step (median)")
+    ax_params.invert_yaxis()
+    ax_time.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def plot_realtime(timelines: list[dict], tokens_per_s: float = 55.0):
+    """When each 400 ms group of a streamed reply was ready (`generate.group_timeline`), wall
+    time against the reply's audio time, one line per decode path. Under the diagonal
+    (``tokens_per_s``, what real time needs) audio is made faster than it plays."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    top = 0.0
+    for timeline, color in zip(timelines, ("tab:red", "tab:blue", "tab:green")):
+        audio = [g["audio_end_s"] for g in timeline["groups"]]
+        wall = [g["wall_s"] for g in timeline["groups"]]
+        ax.plot(audio, wall, "o-", ms=3, color=color,
+                label=f"{timeline['decode']}: first audio {timeline['first_audio_s']:.2f} s, "
+                      f"{timeline['realtime_factor']:.1f}x real time")  # fmt: skip
+        top = max(top, *audio, *wall)
+    ax.plot([0, top], [0, top], "k--", lw=1, label=f"real time ({tokens_per_s:.0f} tokens/s)")
+    ax.set(xlabel="reply audio ready up to (s)", ylabel="wall time (s)", xlim=(0, None),
+           ylim=(0, None), title="Streaming a reply, group by group")  # fmt: skip
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

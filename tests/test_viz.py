@@ -252,3 +252,66 @@ def test_show_source_is_the_library_source():
     assert shown.startswith("```python\ndef place_text(")
     assert inspect.getsource(SpeechTokenizer.place_text).strip().splitlines()[-1].strip() in shown
 
+
+
+def test_plot_index_draws_the_rejected_videos_by_reason():
+    kept = [{"id": f"k{i}", "query": "t", "duration_s": 3600.0 + i} for i in range(5)]
+    rejected = [{"id": "s1", "reason": "too_short", "duration_s": 600.0},
+                {"id": "s2", "reason": "too_short", "duration_s": 900.0},
+                {"id": "l1", "reason": "too_long", "duration_s": 5 * 3600.0},
+                {"id": "v1", "reason": "live", "duration_s": None}]  # fmt: skip
+    fig = viz.plot_index(kept, rejected=rejected, bounds_s=(1800, 4 * 3600))
+    ax_dur, ax_rej = fig.axes[1], fig.axes[2]
+    bars = {t.get_text(): p.get_width() for t, p in zip(ax_rej.get_yticklabels(), ax_rej.patches)}
+    assert bars == {"too_short": 2, "too_long": 1, "live": 1}
+    assert sorted(t.get_text() for t in ax_rej.texts) == ["1", "1 (no duration)", "2"]
+    _, labels = ax_dur.get_legend_handles_labels()
+    assert labels == ["kept (5)", "too_short (2)", "too_long (1)"]  # stacked on the same bins
+    heights = [sum(p.get_height() for p in c) for c in ax_dur.containers]
+    assert heights == [5, 2, 1]
+    assert [ln.get_xdata()[0] for ln in ax_dur.lines] == [30, 240]  # the bounds, in minutes
+    assert len(viz.plot_index(kept).axes) == 2  # without rejected: as before
+
+
+def test_plot_scrape_puts_each_cut_start_on_the_packet_grid():
+    listing = {"id": "vid", "codec": "opus", "chunk_s": 20.0, "packet_s": 0.02, "duration_s": 50,
+               "chunks": [{"file": f"c{k}", "start_s": s, "end_s": s + 20}
+                          for k, s in enumerate([0.0, 20.001, 40.001])]}  # fmt: skip
+    records = [{"id": "vid", "status": "ok", "duration_s": 50.0, "seconds_taken": 5.0}]
+    fig = viz.plot_scrape(records, [listing])
+    ax_cuts, ax_rtf = fig.axes
+    starts = [ln.get_xdata()[0] for ln in ax_cuts.lines if ln.get_marker() == "o"]
+    assert starts == pytest.approx([1.0, 1.0])  # ms after each 20 s mark
+    edges = ax_cuts.collections[0].get_segments()
+    assert {round(seg[0][0], 6) for seg in edges} >= {-20.0, 0.0, 20.0}  # 20 ms packet edges
+    assert "packet edge" in ax_cuts.get_title() and "speech filter" not in ax_rtf.get_title()
+    assert [p.get_height() for p in ax_rtf.patches] == [10.0]
+
+
+def test_plot_requests_draws_each_run_and_the_limit():
+    fig = viz.plot_requests({"fast": [0.0, 0.01, 0.02], "slow": [5.0, 5.5, 6.0]}, limit_per_s=2)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["fast: 3 requests in 0.0 s", "slow: 3 requests in 1.0 s",
+                      "the limit: 2 requests/s"]  # fmt: skip
+    limit = fig.axes[0].lines[-1]
+    assert list(limit.get_ydata()) == [1, 3]  # 2 more requests in the 1 s the slowest run took
+
+
+def test_training_plot_draws_the_uniform_guess_and_shares_add_up():
+    import math
+
+    metrics = [{"step": s, "loss": 8.0 / s, "loss_text": 7.0 / s, "val_loss_semantic": 9.0}
+               for s in range(1, 4)]  # fmt: skip
+    fig = viz.plot_training(metrics)
+    guesses = [line for ax in fig.axes for line in ax.get_lines()
+               if line.get_ydata()[0] == pytest.approx(math.log(2048))]  # fmt: skip
+    assert len(guesses) == 2  # on the training and the validation axes
+    rows = [{"weights": "1, 1, 1, 1", "text": 0.1, "pad": 0.1, "semantic": 0.2, "acoustic": 0.6}]
+    fig = viz.plot_loss_shares(rows)
+    widths = [patch.get_width() for patch in fig.axes[0].patches]
+    assert sum(widths) == pytest.approx(1.0) and len(widths) == 4
+    timeline = {"decode": "static", "first_audio_s": 0.2, "realtime_factor": 2.0,
+                "groups": [{"group": 0, "audio_end_s": 0.4, "wall_s": 0.2}]}  # fmt: skip
+    fig = viz.plot_realtime([timeline])
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert any(label.startswith("real time") for label in labels)
