@@ -289,12 +289,11 @@ def plot_token_stats(records: list[dict]):
     """Per chunk: text slots used and largest spill lag, over the tokenized dataset."""
     ok = [r for r in records if r.get("status") == "ok"]
     fig, (ax_pad, ax_lag) = plt.subplots(1, 2, figsize=(12, 3.2))
-    ax_pad.hist([1 - r["pad_share"] for r in ok], bins=20, range=(0, 1),
-                color=kind_color("text"))  # fmt: skip
+    ax_pad.hist([1 - r["pad_share"] for r in ok], bins=20, range=(0, 1), color="dimgray")
     ax_pad.set_xlabel("share of text slots holding a token")
     ax_pad.set_ylabel("chunks")
     ax_pad.set_title(f"{len(ok)} chunks")
-    ax_lag.hist([r["max_lag_s"] for r in ok], bins=20, color="tab:red")
+    ax_lag.hist([r["max_lag_s"] for r in ok], bins=20, color="dimgray")
     ax_lag.set_xlabel("largest spill lag in the chunk (s)")
     ax_lag.set_title("how late text had to go when slots were full")
     fig.tight_layout()
@@ -552,12 +551,13 @@ def plot_dataset_stats(records: list[dict], usage: list[dict]):
     per codebook (codes used of 2048, entropy in bits; 11 bits = uniform)."""
     ok = [r for r in records if r.get("status") == "ok"]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
-    axes[0].hist([r["n_words"] / r["duration_s"] for r in ok], bins=15, color="tab:blue")
+    axes[0].hist([r["n_words"] / r["duration_s"] for r in ok], bins=15, color="dimgray")
     axes[0].set_xlabel("words per second")
     axes[0].set_ylabel("chunks")
-    axes[1].hist([r["max_lag_s"] for r in ok], bins=15, color="tab:red")
+    # not the kind colours: these are per-chunk measures, not token kinds
+    axes[1].hist([r["max_lag_s"] for r in ok], bins=15, color="dimgray")
     axes[1].set_xlabel("largest spill lag (s)")
-    axes[2].hist([r["pad_share"] for r in ok], bins=15, range=(0, 1), color="tab:gray")
+    axes[2].hist([r["pad_share"] for r in ok], bins=15, range=(0, 1), color="dimgray")
     axes[2].set_xlabel("TEXT_PAD share of text slots")
     axes[3].bar([f"cb{u['codebook']}" for u in usage], [u["used"] for u in usage],
                 color=[kind_color(u["codebook"] + 1) for u in usage])  # fmt: skip
