@@ -43,7 +43,8 @@ def _rank_worker(rank: int, world: int, port: int, mode: str, sync_every_micro: 
     models = ModelsConfig.from_profile("tiny")
     cfg = TrainConfig.from_profile("tiny", seq_len=440, batch_size=2, grad_accum=grad_accum,
                                    wandb_mode="disabled", train_chunks=None, max_steps=1000,
-                                   fsdp=mode == "fsdp", memory_check=False)  # fmt: skip
+                                   fsdp=mode == "fsdp", memory_check=False,
+                                   lora_r=8)  # fmt: skip  # the GPU recipe: LoRA, new rows
     with tempfile.TemporaryDirectory() as tmp:
         trainer = train.Trainer(cfg, models, tokens, Path(tmp) / "run")
         if sync_every_micro:  # the naive loop: every micro-batch's backward communicates
@@ -135,8 +136,8 @@ def main() -> None:
     one = rows[0]["tokens_s"]
     grad_mb = rows[0]["trainable"] * 4 / 1e6
     print(f"\nData parallel on this CPU (gloo; 2 x 440 tokens per micro-batch, "
-          f"{args.grad_accum} micro-batches per step, the same {os.cpu_count()} cores split "
-          f"between the ranks):\n")
+          f"{args.grad_accum} micro-batches per step, LoRA r=8 + new rows, the same "
+          f"{os.cpu_count()} cores split between the ranks):\n")
     print("| setup | tokens/s | vs 1 rank | s per step | gradient MB communicated per step |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:

@@ -84,6 +84,21 @@ class ChatSession:
         self.model, self.tokenizer, self.codec, self.aligner = model, tokenizer, codec, aligner
         self.decode = pick_decode(decode, next(model.parameters()).device)
         self.reset()
+        if self.decode == "compiled":
+            self.warm_up()
+
+    def warm_up(self) -> None:
+        """Compile the decode step now, so the first reply does not wait for it."""
+        import time
+
+        from .generate import generate
+
+        lay = self.tokenizer.layout
+        start = time.perf_counter()
+        print("compiling the one-token decode step (once per model; minutes for 7B)...")
+        generate(self.model, lay, [lay.text_pad_id] * lay.group_len, 2, Sampling.greedy(),
+                 decode=self.decode)  # fmt: skip
+        print(f"compiled in {time.perf_counter() - start:.0f} s")
 
     def reset(self) -> None:
         self.ids: list[int] = []

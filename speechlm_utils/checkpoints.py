@@ -319,11 +319,16 @@ def load_lm(models: ModelsConfig, device: str = "cpu", dtype: torch.dtype = torc
         overrides["num_hidden_layers"] = len(keep_layers)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    bar = hf_logging.is_progress_bar_enabled()
+    if models.profile == "tiny":  # loads in a blink: no progress bar in the notebooks' output
+        hf_logging.disable_progress_bar()
     try:
         model = MistralForCausalLM.from_pretrained(models.lm, dtype=dtype,
                                                    device_map=str(device), **overrides)
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
     if resize:
         _load_table_rows(model, models.lm, config.vocab_size)
     if keep_layers is not None:

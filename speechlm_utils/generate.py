@@ -80,6 +80,66 @@ def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
     return torch.multinomial(probs, 1, generator=generator)[0]
 
 
+def sample_next(hidden: torch.Tensor, weight: torch.Tensor, layout: TokenLayout, kind: int,
+                history: list[int], sampling: Sampling,
+                generator: torch.Generator | None = None) -> int:  # fmt: skip
+    """One step's choice: from the last position's ``hidden[H]``, the logits of only the rows
+    its ``kind`` allows (the layout fixes it), a repetition penalty for audio, then one id
+    drawn with that kind's temperature (0: argmax), top-k and top-p."""
+    logits, first_id = _kind_logits(hidden, weight, layout, kind)
+    if kind != TEXT_KIND and sampling.audio_repetition_penalty != 1.0:
+        _penalize_repeats(logits, history, layout, kind, sampling)
+    temperature = sampling.text_temperature if kind == TEXT_KIND else sampling.audio_temperature
+    index = int(_pick(logits, temperature, sampling.top_k, sampling.top_p, generator))
+    return _id_of(index, first_id, logits.numel(), layout, kind)
+
+
+def _describe_kind(kind: int) -> str:
+    if kind == TEXT_KIND:
+        return "text slot (a word piece or TEXT_PAD)"
+    return f"codebook {kind - 1}" + (" (semantic)" if kind == 1 else " (acoustic)")
+
+
+def _describe_id(tokenizer, token: int) -> str:
+    lay = tokenizer.layout
+    if token == lay.text_pad_id:
+        return "TEXT_PAD (no new word)"
+    if token < lay.text_vocab_size:
+        return f"word piece {tokenizer.sp.id_to_piece(int(token))!r}"
+    k, code = divmod(token - lay.audio_offset, lay.codebook_size)
+    return f"codebook {k} code {code}"
+
+
+@torch.no_grad()
+def explain_step(model, tokenizer, prompt_ids, top: int = 5,
+                 sampling: Sampling | None = None) -> dict:  # fmt: skip
+    """One step of generation after ``prompt_ids``, laid open: the next position's kind, its
+    ``top`` candidates with their probabilities (over the allowed rows only) and what each
+    id means, and the id `sample_next` picks."""
+    from .model import core_model, output_weight
+
+    lay = tokenizer.layout
+    prompt = torch.as_tensor(prompt_ids, dtype=torch.long).reshape(-1)
+    device = next(model.parameters()).device
+    hidden = core_model(model)(input_ids=prompt[None].to(device)).last_hidden_state[0, -1]
+    kind = lay.kind_of(prompt.numel())
+    weight = output_weight(model)
+    logits, first_id = _kind_logits(hidden, weight, lay, kind)
+    probs = logits.softmax(-1)
+    best = torch.topk(probs, min(top, probs.numel()))
+    sampling = sampling or Sampling.greedy()
+    generator = torch.Generator(device=device).manual_seed(sampling.seed or 0)
+    picked = sample_next(hidden, weight, lay, kind, prompt.tolist(), sampling, generator)
+    candidates = []
+    for p, i in zip(best.values.tolist(), best.indices.tolist()):
+        token = _id_of(i, first_id, logits.numel(), lay, kind)
+        candidates.append({"id": token, "means": _describe_id(tokenizer, token),
+                           "probability": round(p, 4)})  # fmt: skip
+    return {"position": prompt.numel(), "kind": _describe_kind(kind),
+            "allowed_rows": logits.numel(), "candidates": candidates, "picked": picked,
+            "picked_means": _describe_id(tokenizer, picked)}  # fmt: skip
+
+
 def open_text_slots(layout: TokenLayout, prompt_ids, open_text_from: int | None,
                     start_position: int = 0) -> np.ndarray:  # fmt: skip
     """``[N]`` bool: the prompt positions the model writes itself, the text slots at or after
@@ -119,6 +179,10 @@ def pick_decode(decode: str, device) -> str:
     return decode
 
 
+FAST_MODEL_TYPES = ("mistral", "llama")  # decoder layers `FastDecoder` knows how to run
+PREFILL_CHUNK = 512  # tokens per pass of a prompt: bounds the attention scores' memory
+
+
 class FastDecoder:
     """Mistral's decoder stack rewritten for decoding one stream, fed through the model's own
     modules (norms, projections, rotary embedding, MLPs), so the weights are the model's.
@@ -129,46 +193,66 @@ class FastDecoder:
     attends over the whole ring with a mask of the positions in (p - window, p]. Keys carry
     their rotary phase, so the slots' order does not matter. Nothing is copied or grown per
     token and every shape is fixed, which is what `torch.compile` (and CUDA graphs, its
-    ``reduce-overhead`` mode) need. Prompts and runs of fixed ids go through in one pass of at
-    most ``window`` tokens at a time, attending over the ring and themselves.
+    ``reduce-overhead`` mode) need. Prompts and runs of fixed ids go through in passes of at
+    most `PREFILL_CHUNK` tokens, attending over the ring and themselves.
 
-    ``compiled=True`` compiles the one-token step. Equal to the eager HF forward token for token
-    (tested with greedy decoding past the window); get one with `fast_decoder`.
+    Attention groups each KV head's query heads into one sequence (no ``enable_gqa``), so that
+    with a mask a GPU can still use its memory-efficient kernel rather than the fp32 math one.
+    ``compiled`` streams use the one-token step under `torch.compile` (compiled once, on first
+    use). In fp32 equal to transformers' forward token for token (tested with greedy decoding
+    past the window); in bf16 equal up to rounding, so a near tie can go the other way. One
+    stream at a time: `begin` starts one and a stream that was overtaken is refused. Get one
+    with `fast_decoder`.
     """
 
-    def __init__(self, model, window: int | None = None, compiled: bool = False):
+    def __init__(self, model, window: int | None = None):
         from .model import core_model
 
         self.decoder = decoder = core_model(model)
         config = decoder.config
+        if getattr(config, "model_type", None) not in FAST_MODEL_TYPES:
+            raise TypeError(f"decode='static'/'compiled' runs {', '.join(FAST_MODEL_TYPES)} "
+                            f"decoders, not {getattr(config, 'model_type', type(decoder))}: use "
+                            "decode='eager'")  # fmt: skip
+        window = window or getattr(config, "sliding_window", None)
+        if not window:
+            raise ValueError("this LM has no sliding window, so its cache would grow without "
+                             "bound: load it with an attention window (`load_run(..., "
+                             "attention_window=4096)`, `ChatConfig.attention_window`, "
+                             "`--attention-window`) or use decode='eager'")  # fmt: skip
+        self.window = int(window)
         layer = decoder.layers[0]
-        if not all(hasattr(layer, name) for name in ("self_attn", "mlp", "input_layernorm",
-                                                      "post_attention_layernorm")):  # fmt: skip
-            raise TypeError(f"{type(decoder).__name__} is not a Mistral/Llama decoder stack: "
-                            "use decode='eager'")  # fmt: skip
-        self.window = int(window or getattr(config, "sliding_window", None)
-                          or config.max_position_embeddings)  # fmt: skip
         param = next(decoder.parameters())
-        self.device = param.device
-        head_dim = layer.self_attn.head_dim
-        shape = (1, config.num_key_value_heads, self.window, head_dim)
-        self.keys = [torch.zeros(shape, dtype=param.dtype, device=self.device)
+        self.device, self.dtype = param.device, param.dtype
+        self.head_dim = layer.self_attn.head_dim
+        self.groups = config.num_attention_heads // config.num_key_value_heads
+        shape = (1, config.num_key_value_heads, self.window, self.head_dim)
+        self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device)
                      for _ in decoder.layers]  # fmt: skip
         self.values = [torch.zeros_like(k) for k in self.keys]
         self.slot_position = torch.full((self.window,), -1, dtype=torch.long, device=self.device)
         for buffer in (*self.keys, *self.values, self.slot_position):
             torch._dynamo.mark_static_address(buffer)
         self.length = 0  # positions fed so far
-        self.compiled = compiled
+        self.stream = 0  # which stream the ring holds (`begin`)
+        self.compiled_step = None  # made on the first compiled stream
         self._one = self._step
-        if compiled:
-            mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs
-            self._one = torch.compile(self._step, mode=mode, fullgraph=True, dynamic=False)
 
-    def reset(self) -> None:
-        """Forget the stream (the ring's memory is kept)."""
+    def begin(self, compiled: bool = False) -> int:
+        """Start a new stream (the ring's memory is kept); its token for `feed`."""
         self.slot_position.fill_(-1)
         self.length = 0
+        self.stream += 1
+        if compiled and self.compiled_step is None:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs
+            self.compiled_step = torch.compile(self._step, mode=mode, fullgraph=True,
+                                               dynamic=False)  # fmt: skip
+        self._one = self.compiled_step if compiled and self.compiled_step else self._step
+        return self.stream
+
+    def reset(self) -> None:
+        """Forget the stream (uncompiled from here on)."""
+        self.begin()
 
     @property
     def cache_len(self) -> int:
@@ -176,11 +260,16 @@ class FastDecoder:
         return min(self.length, self.window)
 
     @torch.no_grad()
-    def feed(self, ids) -> torch.Tensor:
-        """Append ``ids`` to the stream; the final norm's output at the last one, ``[H]``."""
+    def feed(self, ids, stream: int | None = None) -> torch.Tensor:
+        """Append ``ids`` to the stream; the final norm's output at the last one, ``[H]``.
+        ``stream``: the token `begin` gave; refused once another stream has begun."""
+        if stream is not None and stream != self.stream:
+            raise RuntimeError("this model's FastDecoder was taken by another stream: one "
+                               "generation at a time per model (or decode='eager')")  # fmt: skip
         ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1).to(self.device)
-        for start in range(0, ids.numel(), self.window):
-            chunk = ids[start : start + self.window]
+        chunk_size = min(self.window, PREFILL_CHUNK)
+        for start in range(0, ids.numel(), chunk_size):
+            chunk = ids[start : start + chunk_size]
             positions = torch.arange(self.length, self.length + chunk.numel(), device=self.device)
             if chunk.numel() == 1:
                 hidden = self._one_step(chunk, positions)
@@ -200,6 +289,7 @@ class FastDecoder:
             warnings.warn(f"torch.compile of the decode step failed ({type(err).__name__}: "
                           f"{str(err)[:300]}); decoding uncompiled", stacklevel=3)  # fmt: skip
             self._one = self._step
+            self.compiled_step = self._step  # do not try again for this model
             return self._step(ids, positions)  # rewrites the same slot: safe to repeat
 
     def _step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -222,9 +312,21 @@ class FastDecoder:
         return hidden
 
     def _bias(self, mask: torch.Tensor) -> torch.Tensor:
-        """The attention mask as 0 / -inf in the cache's dtype, made once for all layers."""
-        bias = torch.zeros(mask.shape, dtype=self.keys[0].dtype, device=self.device)
-        return bias.masked_fill_(~mask, float("-inf"))
+        """The mask ``[1, 1, T, K]`` as 0 / -inf in the cache's dtype, repeated for the query
+        heads grouped under each KV head (`_attend`), made once for all layers."""
+        bias = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
+        return bias.masked_fill_(~mask, float("-inf")).repeat(1, 1, self.groups, 1)
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias, scale):
+        """``q [1, H, T, D]`` over ``keys, values [1, KV, K, D]``: the H / KV query heads of each
+        KV head (transformers' order: head h reads KV head h // groups) become one sequence of
+        groups x T queries, so query and key heads match and no kernel needs GQA support."""
+        _, heads, steps, dim = q.shape
+        kv = keys.shape[1]
+        grouped = q.reshape(1, kv, self.groups * steps, dim)
+        out = torch.nn.functional.scaled_dot_product_attention(grouped, keys, values,
+                                                               attn_mask=bias, scale=scale)
+        return out.reshape(1, heads, steps, dim)
 
     def _layers(self, ids, positions, mask, slots, write_first: bool) -> torch.Tensor:
         from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
@@ -236,19 +338,17 @@ class FastDecoder:
         for layer, keys, values in zip(decoder.layers, self.keys, self.values):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(1, steps, -1, attn.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(1, steps, -1, attn.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(1, steps, -1, attn.head_dim).transpose(1, 2)
+            q = attn.q_proj(h).view(1, steps, -1, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(1, steps, -1, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(1, steps, -1, self.head_dim).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             if write_first:
                 keys.index_copy_(2, slots, k)
                 values.index_copy_(2, slots, v)
-                all_k, all_v = keys, values
+                out = self._attend(q, keys, values, mask, attn.scaling)
             else:
-                all_k, all_v = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
-            out = torch.nn.functional.scaled_dot_product_attention(
-                q, all_k, all_v, attn_mask=mask, scale=attn.scaling, enable_gqa=True)
-            if not write_first:
+                out = self._attend(q, torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2),
+                                   mask, attn.scaling)  # fmt: skip
                 keys.index_copy_(2, slots, k)
                 values.index_copy_(2, slots, v)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, steps, -1))
@@ -256,16 +356,28 @@ class FastDecoder:
         return decoder.norm(x[0, -1])
 
 
-def fast_decoder(model, compiled: bool = False, window: int | None = None) -> FastDecoder:
+def fast_decoder(model, window: int | None = None) -> FastDecoder:
     """The model's `FastDecoder`, made once and kept on the model (so it lives as long as the
-    model does): its ring is allocated once and a compiled step is compiled once."""
+    model does), one per window, device and dtype: its ring is allocated once and shared by
+    compiled and uncompiled streams, and a compiled step is compiled once."""
     kept = model.__dict__.setdefault("_speechlm_fast_decoders", {})
-    key = (compiled, window)
+    param = next(model.parameters())
+    key = (window, param.device, param.dtype)
     if key not in kept:
-        kept[key] = FastDecoder(model, window, compiled)
-    decoder = kept[key]
-    decoder.reset()
-    return decoder
+        kept.clear()  # a model moved to another device or dtype: the old ring is stale
+        kept[key] = FastDecoder(model, window)
+    return kept[key]
+
+
+@torch.no_grad()
+def core_model_output(model, ids) -> torch.Tensor:
+    """transformers' own forward of ``ids [N]`` without a cache: the last position's final
+    hidden state ``[H]`` (the reference the fast decoder is checked against)."""
+    from .model import core_model
+
+    ids = torch.as_tensor(ids, dtype=torch.long).reshape(1, -1)
+    device = next(model.parameters()).device
+    return core_model(model)(input_ids=ids.to(device), use_cache=False).last_hidden_state[0, -1]
 
 
 def _clock(device) -> float:
@@ -320,14 +432,15 @@ def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
     history = prompt[:first]
     pending = list(history)  # ids not yet fed to the model
     past = None
-    fast = fast_decoder(model, decode == "compiled") if decode != "eager" and use_cache else None
+    fast = fast_decoder(model) if decode != "eager" and use_cache else None
+    stream = fast.begin(compiled=decode == "compiled") if fast is not None else None
     for index in range(first, len(prompt) + max_new_tokens):
         if index < len(prompt) and not opened[index]:
             next_id = prompt[index]  # kept: no forward pass needed
         else:
             started = _clock(device) if timed else 0.0
             if fast is not None:
-                hidden = fast.feed(pending)
+                hidden = fast.feed(pending, stream)
                 if stats is not None:
                     stats["cache_len"] = fast.cache_len
             elif use_cache:
@@ -344,14 +457,7 @@ def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
                 stats["forward_s"] += _clock(device) - started
             pending = []
             kind = layout.kind_of(start_position + index)
-            logits, first_id = _kind_logits(hidden, weight, layout, kind)
-            if kind != TEXT_KIND and sampling.audio_repetition_penalty != 1.0:
-                _penalize_repeats(logits, history, layout, kind, sampling)
-            text = kind == TEXT_KIND
-            index = int(_pick(logits, sampling.text_temperature if text
-                              else sampling.audio_temperature, sampling.top_k, sampling.top_p,
-                              generator))  # fmt: skip
-            next_id = _id_of(index, first_id, logits.numel(), layout, kind)
+            next_id = sample_next(hidden, weight, layout, kind, history, sampling, generator)
         history.append(next_id)
         pending.append(next_id)
         yield next_id
@@ -491,6 +597,27 @@ def respond(model, tokenizer, codec, prompt_ids, max_s: float = 10.0,
                     lead_text)  # fmt: skip
 
 
+def group_timeline(model, tokenizer, codec, prompt_ids, max_s: float = 4.0,
+                   sampling: Sampling | None = None, decode: str = "eager") -> dict:  # fmt: skip
+    """When each group of a streamed reply was ready: per group the audio it ends at (seconds
+    of reply) and the wall time since the start; plus time to first audio and the real-time
+    factor (reply audio over wall time, with Mimi decoding). One group is generated first and
+    not timed, so a compiled step's compilation is not counted."""
+    lay = tokenizer.layout
+    generate(model, lay, prompt_ids, lay.group_len, Sampling(seed=0), decode=decode)  # warm-up
+    start = time.perf_counter()
+    ready = []
+
+    def on_group(group: dict) -> None:
+        ready.append({"group": group["group"], "audio_end_s": (group["group"] + 1) *
+                      lay.group_duration_s, "wall_s": time.perf_counter() - start})  # fmt: skip
+
+    response = respond(model, tokenizer, codec, prompt_ids, max_s, sampling or Sampling(seed=0),
+                       stop_silence_s=None, on_group=on_group, decode=decode)  # fmt: skip
+    return {"decode": decode, "groups": ready, "first_audio_s": response.first_audio_s,
+            "realtime_factor": response.audio_s / response.seconds}  # fmt: skip
+
+
 def continuation_check(model, tokenizer, codec, ids, prompt_s: float = 4.0,
                        continue_s: float = 4.0, open_text_s: float = 0.0,
                        decode: str = "eager") -> dict:  # fmt: skip
@@ -529,18 +656,20 @@ HOST_OUTSIDE_MS_7B = 1.0
 
 
 def realtime_plan(host_forward_ms: dict | None = None, outside_ms: float = HOST_OUTSIDE_MS_7B,
-                  params: float = 7.31e9, bytes_per_param: int = 2,
-                  efficiency: float = 0.6) -> list[dict]:  # fmt: skip
+                  params: float = 7.31e9, bytes_per_param: int = 2, efficiency: float = 0.6,
+                  window: int = 4096, layers: int = 32,
+                  kv_dim: int = 1024) -> list[dict]:  # fmt: skip
     """Tokens/s of batch-1 decoding of a Mistral-7B-sized model in bf16, per GPU and decode
     path, against the 55 tokens/s real time needs (an estimate). The GPU runs the forward
-    while the host issues it, so the forward takes the longer of reading every weight once (at
-    ``efficiency`` of the GPU's bandwidth) and the host's time to issue its operations
-    (``host_forward_ms`` per path); then the step's own work (``outside_ms``) follows it,
-    since sampling needs the logits."""
+    while the host issues it, so the forward takes the longer of reading every weight and a
+    full ``window`` of keys and values once (at ``efficiency`` of the GPU's bandwidth) and the
+    host's time to issue its operations (``host_forward_ms`` per path); then the step's own
+    work (``outside_ms``) follows it, since sampling needs the logits."""
     host = host_forward_ms or HOST_FORWARD_MS_7B
+    cache_bytes = layers * 2 * kv_dim * window * bytes_per_param  # 0.54 GB for 7B
     rows = []
     for gpu, tb_s in GPU_MEMORY_TB_S.items():
-        memory_ms = params * bytes_per_param / (tb_s * 1e12 * efficiency) * 1e3
+        memory_ms = (params * bytes_per_param + cache_bytes) / (tb_s * 1e12 * efficiency) * 1e3
         for decode, host_ms in host.items():
             tokens_s = 1e3 / (max(memory_ms, host_ms) + outside_ms)
             rows.append({"gpu": gpu, "decode": decode, "memory_ms": round(memory_ms, 1),

@@ -21,6 +21,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .checkpoints import load_lm
@@ -92,7 +94,10 @@ def add_lora(model, layout: TokenLayout, r: int = 64, alpha: int | None = None,
         trainable_token_indices={"embed_tokens": new_ids, "lm_head": new_ids},
         task_type="CAUSAL_LM",
     )  # fmt: skip
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question; not ours
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated",
+                                FutureWarning)  # fmt: skip
+        return get_peft_model(model, config)
 
 
 def build_speech_lm(models: ModelsConfig, layout: TokenLayout, lora_r: int | None = None,
@@ -184,6 +189,28 @@ def core_model(lm):
     """The decoder stack (``MistralModel``) of a plain or peft-wrapped model."""
     inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
     return inner.model
+
+
+def trainable_groups(model) -> list[dict]:
+    """What trains, grouped: LoRA's A and B per projection, the new rows of each table (peft's
+    trainable tokens), or whole weights by name; tensors and parameters per group."""
+    groups: dict[str, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        parts = name.split(".")
+        if "lora_A" in parts or "lora_B" in parts:
+            proj = parts[parts.index("lora_A" if "lora_A" in parts else "lora_B") - 1]
+            key = f"LoRA A, B on {proj}"
+        elif "token_adapter" in parts:
+            table = "output" if "lm_head" in parts else "embedding"
+            key = f"new rows of the {table} table"
+        else:
+            key = ".".join(x for x in parts if not x.isdigit()).removeprefix("model.")
+        group = groups.setdefault(key, {"group": key, "tensors": 0, "parameters": 0})
+        group["tensors"] += 1
+        group["parameters"] += p.numel()
+    return list(groups.values())
 
 
 def count_parameters(model) -> dict:

@@ -113,6 +113,24 @@ def weighted_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tens
     return loss, parts
 
 
+def kind_loss_shares(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                     layout: TokenLayout, weights) -> dict[str, float]:  # fmt: skip
+    """The share of `weighted_loss`'s objective each kind (`LOSS_KINDS`) carries for
+    ``weights``: each kind's weighted terms, summed over its targets, over all of them. With
+    equal weights a kind's share is its share of targets times its mean cross-entropy."""
+    w_text, w_pad, w_sem, w_ac = (float(w) for w in weights)
+    carried = (w_pad + w_text, w_pad, w_sem, w_ac)  # the weight in each kind's normaliser
+    classes = loss_classes(layout, labels)
+    sums = {}
+    for c, name in enumerate(LOSS_KINDS):
+        only = labels.masked_fill(classes != c, IGNORE)  # this kind's targets alone
+        with torch.no_grad():
+            loss, parts = weighted_loss(hidden, weight, only, layout, weights)
+        sums[name] = float(loss) * carried[c] * float(parts[c, 1])
+    total = sum(sums.values()) or 1.0
+    return {name: value / total for name, value in sums.items()}
+
+
 def fit_text_slot_odds(pad_share: float, weights, steps: int = 300, groups: int = 50,
                        text_vocab: int = 256, seed: int = 0) -> tuple[torch.Tensor, int]:
     """Fit a free model (one learned logit vector) with `weighted_loss` on a stream whose text
@@ -193,7 +211,12 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # the metrics lines of this call
 
     def last(self, key: str):
+        """The latest value of ``key``: from this call's steps, else from the run's metrics
+        (a finished run resumed trains no step but still has its last losses)."""
         values = [h[key] for h in self.history if key in h]
+        if not values:
+            values = [m[key] for m in read_metrics(self.run_dir) if key in m] if \
+                (Path(self.run_dir) / "metrics.jsonl").exists() else []  # fmt: skip
         return values[-1] if values else None
 
 
@@ -432,13 +455,18 @@ class Trainer:
 
     def _gradient_sync(self, on: bool):
         """A context in which backward all-reduces (DDP) or reduce-scatters (FSDP) gradients
-        only when ``on``: accumulation micro-batches before the last keep theirs local."""
+        only when ``on``: accumulation micro-batches before the last keep theirs local.
+
+        Under FSDP a local gradient is a whole, unsharded one on every rank: cheap for LoRA,
+        but 29 GB per GPU for a 7B full finetune, the memory FSDP is there to save. So FSDP
+        skips the sync only when LoRA trains; a full finetune reduce-scatters every
+        micro-batch."""
         from contextlib import nullcontext
 
         if self.world == 1:
             return nullcontext()
         if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
-            self.model.set_requires_gradient_sync(on)
+            self.model.set_requires_gradient_sync(on or not self.cfg.lora_r)
             return nullcontext()
         return nullcontext() if on else self.model.no_sync()  # DDP
 
@@ -559,7 +587,7 @@ class Trainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        weights = torch.load(path / "weights.pt", map_location="cpu")
+        weights = torch.load(path / "weights.pt", map_location="cpu", mmap=True)  # read lazily
         params = dict(_language_model(self.model).named_parameters())
         for name, value in weights.items():
             p = params[name]
@@ -706,7 +734,8 @@ class _Logger:
             self.wandb = wandb.init(project=cfg.wandb_project, name=run_dir.name,
                                     id=id_file.read_text().strip(), resume="allow",
                                     dir=str(run_dir), mode=cfg.wandb_mode,
-                                    config=asdict(cfg))  # fmt: skip
+                                    config=asdict(cfg),
+                                    settings=wandb.Settings(silent=True))  # fmt: skip
 
     def log(self, metrics: dict) -> None:
         if not self.enabled:
@@ -1121,6 +1150,41 @@ def throughput_plan(lora_r: int = 64, mfu: float = 0.4, shape: dict = MISTRAL_7B
                      "audio_h_per_h": round(tokens_s / tokens_per_s_audio, 1),
                      "hours_per_1000h_audio": round(1000 * tokens_per_s_audio * 3600 /
                                                     tokens_s / 3600, 1)})  # fmt: skip
+    return rows
+
+
+# Three ways to train the same model, for notebook 05's experiment (`compare_recipes`).
+RECIPE_EXPERIMENT = {
+    "full finetune": dict(lora_r=None, keep_every=None),
+    "LoRA r=8 + new rows": dict(lora_r=8, keep_every=None),
+    "half the layers, full finetune": dict(lora_r=None, keep_every=2),
+}
+
+
+def compare_recipes(cfg: TrainConfig, models: ModelsConfig, tokens_root: str | Path,
+                    runs_root: str | Path, steps: int = 30,
+                    recipes: dict | None = None) -> list[dict]:  # fmt: skip
+    """Train the same model once per recipe (``recipes``: name -> TrainConfig fields, default
+    `RECIPE_EXPERIMENT`) for ``steps`` steps on the same batches, each in its own run under
+    ``runs_root`` (resumable: a finished run is read back, not trained again). Per recipe: the
+    trainable and total parameters, layers, seconds per step and the training loss curve."""
+    rows = []
+    for name, fields in (recipes or RECIPE_EXPERIMENT).items():
+        run_dir = Path(runs_root) / name.replace(" ", "-").replace("=", "").replace("+", "and")
+        c = cfg.replace(max_steps=steps, eval_every=steps, save_every=steps, sample_every=0,
+                        wandb_mode="disabled", epochs=None, **fields)  # fmt: skip
+        trainer = Trainer(c, models, tokens_root, run_dir)
+        trainer.fit(resume=True, progress=False)
+        metrics = [m for m in read_metrics(run_dir) if "loss" in m]
+        tokens_per_step = c.batch_size * c.grad_accum * trainer.splits.train.seq_len
+        step_s = [tokens_per_step / m["tokens_per_s"] for m in metrics[1:]]  # after warm-up
+        rows.append({"recipe": name, **trainer.params,
+                     "layers": core_model(trainer.lm).config.num_hidden_layers,
+                     "step_s": float(np.median(step_s)) if step_s else float("nan"),
+                     "steps": [m["step"] for m in metrics],
+                     "losses": [m["loss"] for m in metrics]})  # fmt: skip
+        del trainer
+        release_memory()
     return rows
 
 

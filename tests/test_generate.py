@@ -348,6 +348,10 @@ def test_fast_decode_gives_the_eager_tokens_past_the_window(lm, tok, decode):
                                        stats=stats, decode=decode))  # fmt: skip
     assert fast == eager
     assert stats["cache_len"] == window  # the ring holds exactly the window
+    if decode == "compiled":  # really compiled, not fallen back to the eager step
+        fast_decoder = generate.fast_decoder(lm)
+        assert fast_decoder._one is fast_decoder.compiled_step is not None
+        assert fast_decoder.compiled_step != fast_decoder._step
     open_from = prompt.size - 5 * lay.group_len
     sampling = generate.Sampling(0.9, 0.9, top_k=50, seed=5)
     runs = [list(generate.stream_tokens(lm, lay, prompt, 44, sampling, open_text_from=open_from,
@@ -355,16 +359,21 @@ def test_fast_decode_gives_the_eager_tokens_past_the_window(lm, tok, decode):
     assert runs[0] == runs[1]
 
 
-def test_fast_decoder_is_made_once_per_model_and_reset_per_stream(lm, tok):
+def test_fast_decoder_is_made_once_per_model_and_serves_one_stream(lm, tok):
     a = generate.fast_decoder(lm)
-    a.feed(_long_prompt(tok)[:30])
+    first = a.begin()
+    a.feed(_long_prompt(tok)[:30], first)
     b = generate.fast_decoder(lm)
-    assert b is a and b.length == 0 and b.cache_len == 0  # the ring is reused, the stream not
-    assert generate.fast_decoder(lm, compiled=True) is not a
+    assert b is a  # one ring per model, for compiled and uncompiled streams alike
+    second = b.begin()
+    assert b.length == 0 and b.cache_len == 0
+    with pytest.raises(RuntimeError, match="another stream"):
+        a.feed([5], first)  # the first stream was overtaken: refused, not silently wrong
     assert generate.pick_decode("auto", "cpu") == "static"
     assert generate.pick_decode("auto", "cuda") == "compiled"
     with pytest.raises(ValueError, match="choose"):
         generate.pick_decode("fast", "cpu")
+    b.feed([5], second)
 
 
 def test_a_failing_compilation_falls_back_with_a_warning(lm, tok, monkeypatch):
@@ -374,10 +383,66 @@ def test_a_failing_compilation_falls_back_with_a_warning(lm, tok, monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", broken)
-    decoder = generate.FastDecoder(lm, compiled=True)
+    decoder = generate.FastDecoder(lm)
+    stream = decoder.begin(compiled=True)
     prompt = _long_prompt(tok)[:44]
     with pytest.warns(UserWarning, match="no compiler here"):
-        first = decoder.feed(prompt[:-1]), decoder.feed(prompt[-1:])
+        first = decoder.feed(prompt[:-1], stream), decoder.feed(prompt[-1:], stream)
     reference = generate.FastDecoder(lm)
-    expected = reference.feed(prompt[:-1]), reference.feed(prompt[-1:])
+    stream = reference.begin()
+    expected = reference.feed(prompt[:-1], stream), reference.feed(prompt[-1:], stream)
     assert torch.equal(first[1], expected[1])
+
+
+def test_fast_decoder_in_bf16_agrees_up_to_rounding(tiny_models, tok):
+    """In bf16 (a GPU's dtype) the ring decoder computes what transformers computes, up to
+    bf16 rounding: the last hidden state after a prompt longer than the window."""
+    model = build_speech_lm(tiny_models, tok.layout, dtype=torch.bfloat16, upcast=False).eval()
+    prompt = torch.as_tensor(_long_prompt(tok)[:300])
+    with torch.no_grad():
+        out = generate.core_model_output(model, prompt)
+    decoder = generate.FastDecoder(model)
+    stream = decoder.begin()
+    decoder.feed(prompt[:-1], stream)
+    fast = decoder.feed(prompt[-1:], stream).float()
+    assert torch.allclose(fast, out.float(), rtol=0.05, atol=0.05)
+    assert torch.nn.functional.cosine_similarity(fast, out.float(), dim=0) > 0.999
+
+
+def test_fast_decode_refuses_an_lm_without_a_window(tiny_models, tok, tmp_path):
+    import json
+    import shutil
+
+    plain = tmp_path / "no-window"
+    shutil.copytree(tiny_models.lm, plain)
+    config = json.loads((plain / "config.json").read_text())
+    config["sliding_window"] = None
+    (plain / "config.json").write_text(json.dumps(config))
+    model = build_speech_lm(tiny_models.replace(lm=str(plain), chosen=("lm",)), tok.layout)
+    with pytest.raises(ValueError, match="attention window"):
+        generate.FastDecoder(model)
+    assert generate.FastDecoder(model, window=64).window == 64
+
+
+def test_explain_step_picks_what_generation_picks(lm, tok):
+    prompt = _long_prompt(tok)[:89]  # the next position is a text slot
+    step = generate.explain_step(lm, tok, prompt, top=3)
+    first = generate.generate(lm, tok.layout, prompt, 1, generate.Sampling.greedy())[0]
+    assert step["picked"] == first == step["candidates"][0]["id"]
+    assert step["kind"].startswith("text") and step["allowed_rows"] == 32_001
+    probs = [c["probability"] for c in step["candidates"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    audio_at = int(np.flatnonzero(tok.layout.kinds(120) > 0)[-1])  # an audio slot
+    audio = generate.explain_step(lm, tok, _long_prompt(tok)[:audio_at])
+    assert audio["allowed_rows"] == 2048 and "codebook" in audio["picked_means"]
+
+
+def test_group_timeline_times_every_group(lm, tok, codec):
+    timeline = generate.group_timeline(lm, tok, codec, _long_prompt(tok)[:88], max_s=1.2,
+                                       decode="static")  # fmt: skip
+    groups = timeline["groups"]
+    assert [g["group"] for g in groups] == [0, 1, 2]
+    assert [g["audio_end_s"] for g in groups] == pytest.approx([0.4, 0.8, 1.2])
+    walls = [g["wall_s"] for g in groups]
+    assert walls == sorted(walls) and timeline["first_audio_s"] <= walls[0] + 1e-6
+    assert timeline["realtime_factor"] > 0

@@ -18,6 +18,14 @@ from speechlm_utils.tokenizer import SpeechTokenizer  # noqa: E402
 
 from .conftest import DEMO_DIR  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Each test's figures closed after it (pyplot keeps every open figure)."""
+    yield
+    matplotlib.pyplot.close("all")
+
+
 WORDS = [Word("Hello", 0.3, 0.7), Word("there,", 0.8, 1.2), Word("friend.", 2.5, 3.0),
          Word("How", 4.6, 4.8), Word("are", 4.9, 5.1), Word("you?", 5.2, 5.6)]  # fmt: skip
 
