@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,50 @@ def text_tokenizer(tiny_models):
 def pytest_collection_modifyitems(config, items):
     """Browser tests last: by then the notebooks have made the demo data they reuse."""
     items.sort(key=lambda item: "tests/browser" in str(item.fspath))
+
+
+# -- notebooks: quiet outputs ------------------------------------------------------------------
+
+_PROGRESS = re.compile(r"\d+%\|.*\|\s*\d+/\d+|^\s*$")  # a tqdm bar drawn as text
+_NOISE_STDOUT = re.compile(r"\bnan\b|\b0(\.0+)?x real\s?time")
+
+
+def notebook_noise(nb) -> list[str]:
+    """What an executed notebook should not show: anything on stderr but a progress bar
+    (warnings, library banners, logging) and ``nan`` or ``0x realtime`` lines on stdout;
+    one ``"cell N: text"`` line each."""
+    found = []
+    for index, cell in enumerate(nb.get("cells", [])):
+        for output in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            if output.get("output_type") != "stream":
+                continue
+            lines = output.get("text", "").replace("\r", "\n").splitlines()
+            if output.get("name") == "stderr":
+                bad = [line for line in lines if not _PROGRESS.search(line)]
+            else:
+                bad = [line for line in lines if _NOISE_STDOUT.search(line)]
+            found += [f"cell {index}: {line.strip()[:200]}" for line in bad]
+    return found
+
+
+def pytest_configure(config):
+    """nbmake's run also fails a notebook whose outputs are noisy (`notebook_noise`)."""
+    try:
+        from nbmake import nb_run
+        from nbmake.nb_result import NotebookError
+    except ImportError:
+        return
+    if getattr(nb_run.NotebookRun.execute, "checks_noise", False):
+        return
+    execute = nb_run.NotebookRun.execute
+
+    def execute_quietly(self, *args, **kwargs):
+        result = execute(self, *args, **kwargs)
+        if result.error is None and (noise := notebook_noise(result.nb)):
+            cell = int(noise[0].split(":")[0].split()[1])
+            result.error = NotebookError(summary="noisy output: " + noise[0],
+                                         trace="\n".join(noise), failing_cell_index=cell)
+        return result
+
+    execute_quietly.checks_noise = True
+    nb_run.NotebookRun.execute = execute_quietly

@@ -85,3 +85,36 @@ def test_acquisition_never_imports_torch_or_whisper():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_notebook_noise_finds_warnings_banners_and_nan_but_not_progress_bars():
+    from .conftest import notebook_noise
+
+    def cell(*outputs):
+        return {"cell_type": "code", "outputs": [
+            {"output_type": "stream", "name": name, "text": text} for name, text in outputs]}
+
+    quiet = {"cells": [cell(("stderr", "train: 100%|##########| 150/150 [00:03<00:00]\r\n"),
+                            ("stdout", "loss 0.12, 2.5x realtime\n"))]}
+    assert notebook_noise(quiet) == []
+    noisy = {"cells": [cell(("stdout", "fine\n")),
+                       cell(("stderr", "x.py:3: FutureWarning: old\n  warnings.warn(\n")),
+                       cell(("stderr", "wandb: Tracking run with wandb version 0.31.0\n")),
+                       cell(("stdout", "val loss nan\n"), ("stdout", "0.0x realtime\n"))]}
+    found = notebook_noise(noisy)
+    assert [line.split(":")[0] for line in found] == ["cell 1", "cell 1", "cell 2", "cell 3",
+                                                      "cell 3"]  # fmt: skip
+
+
+def test_nbmake_fails_a_notebook_that_warns(tmp_path):
+    import nbformat
+    from nbmake.nb_run import NotebookRun
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("print('fine')"),
+        nbformat.v4.new_code_cell("import warnings\nwarnings.warn('deprecated call')")])
+    path = tmp_path / "noisy.ipynb"
+    nbformat.write(nb, path)
+    result = NotebookRun(path, 120).execute()
+    assert result.error is not None and "deprecated call" in result.error.summary
+    assert result.error.failing_cell_index == 1

@@ -499,3 +499,41 @@ def test_fsdp_before_torch_2_8_refuses_a_mixed_dtype_model(monkeypatch):
     train.check_fsdp_dtypes(model)  # one dtype: fine anywhere
     with pytest.raises(ValueError, match="CUDA"):
         train.train_dtype("fp16", "cpu")
+
+
+def test_kind_loss_shares_sum_to_one_and_follow_the_weights(tiny_models, tok, tokens):
+    from speechlm_utils.model import build_speech_lm, core_model, output_weight
+
+    lm = build_speech_lm(tiny_models, tok.layout)
+    ids = torch.as_tensor(np.load(next(tokens.glob("*/*.npy"))).astype(np.int64)[:220])[None]
+    with torch.no_grad():
+        hidden = core_model(lm)(input_ids=ids).last_hidden_state
+    head = output_weight(lm)
+    equal = train.kind_loss_shares(hidden, head, ids, tok.layout, (1, 1, 1, 1))
+    light_pad = train.kind_loss_shares(hidden, head, ids, tok.layout, (1, 0.1, 1, 1))
+    assert sum(equal.values()) == pytest.approx(1.0) == sum(light_pad.values())
+    assert light_pad["pad"] < equal["pad"] and light_pad["semantic"] > equal["semantic"]
+    assert equal["acoustic"] > equal["semantic"]  # 3 acoustic codebooks to 1 semantic
+
+
+def test_compare_recipes_trains_each_once_and_reads_back(tiny_models, tokens, tmp_path):
+    rows = train.compare_recipes(cfg(), tiny_models, tokens, tmp_path / "cmp", steps=3)
+    by = {r["recipe"]: r for r in rows}
+    full, lora = by["full finetune"], by["LoRA r=8 + new rows"]
+    pruned = by["half the layers, full finetune"]
+    assert lora["trainable"] < full["trainable"] == full["total"]
+    assert pruned["layers"] == full["layers"] // 2 and pruned["total"] < full["total"]
+    assert all(len(r["losses"]) == 3 and r["step_s"] > 0 for r in rows)
+    again = train.compare_recipes(cfg(), tiny_models, tokens, tmp_path / "cmp", steps=3)
+    assert [r["losses"] for r in again] == [r["losses"] for r in rows]  # read back, not retrained
+
+
+def test_trainable_groups_name_what_lora_trains(tiny_models, tok):
+    from speechlm_utils.model import build_speech_lm, count_parameters, trainable_groups
+
+    lora = build_speech_lm(tiny_models, tok.layout, lora_r=4)
+    groups = {g["group"]: g for g in trainable_groups(lora)}
+    assert {f"LoRA A, B on {p}" for p in ("q_proj", "v_proj", "down_proj")} <= set(groups)
+    new_rows = groups["new rows of the output table"]["parameters"]
+    assert new_rows == (tok.layout.vocab_size - tok.layout.text_vocab_size) * 128
+    assert sum(g["parameters"] for g in groups.values()) == count_parameters(lora)["trainable"]
