@@ -572,3 +572,28 @@ def local_media_urls(folder: str | Path) -> list[str]:
 def read_urls(path: str | Path) -> list[str]:
     """URLs one a line; a line starting with ``#`` is a comment."""
     return read_terms(path)
+
+
+def offline_search_demo(cfg: IndexConfig, terms: list[str], rates=(1000.0, 10.0),
+                        workers: int = 4, delay_s: float = 0.02) -> list[dict]:  # fmt: skip
+    """Index ``terms`` against `local_server.FakeYouTube` (made-up results in YouTube's page
+    format) once per rate limit in ``rates`` (requests/s), each into a scratch file: per run
+    the request arrival times the server saw, the most requests in any second, the threads'
+    total wait, the summary, and the kept and rejected videos."""
+    import tempfile
+
+    from .local_server import FakeYouTube, sample_catalog
+
+    catalog, runs = sample_catalog(terms), []
+    for rate in rates:
+        limiter = RateLimiter(rate)
+        with FakeYouTube(catalog, delay_s=delay_s) as fake, \
+                tempfile.TemporaryDirectory() as scratch:  # fmt: skip
+            demo = cfg.replace(youtube_url=fake.url, workers=workers, min_duration_s=30 * 60)
+            out = Path(scratch) / "index.jsonl"
+            summary = run_index(demo, list(catalog), out, limiter=limiter, progress=False)
+            runs.append({"rate": rate, "arrivals": [t for t, _ in fake.log],
+                         "max_per_s": fake.max_requests_in_window(1.0),
+                         "waited_s": limiter.waited_s, "summary": summary, "cfg": demo,
+                         "entries": load_index(out), "rejected": load_rejected(out)})  # fmt: skip
+    return runs

@@ -272,3 +272,15 @@ def test_rate_limiter_counts_the_waiting():
     for _ in range(4):  # back to back: each after the first waits half a second
         limiter.acquire()
     assert limiter.calls == 4 and limiter.waited_s == pytest.approx(1.5) and now["t"] == 1.5
+
+
+def test_offline_search_demo_reaches_its_rate_limit():
+    from speechlm_utils import index
+    from speechlm_utils.config import IndexConfig
+
+    cfg = IndexConfig.from_profile("tiny")
+    terms = [f"topic {i} podcast" for i in range(20)]  # 40 pages: 4 threads want ~200/s
+    fast, limited = index.offline_search_demo(cfg, terms, rates=(1000.0, 10.0))
+    assert limited["max_per_s"] <= 11 < fast["max_per_s"]  # held to the limit, which it hit
+    assert limited["waited_s"] > fast["waited_s"]
+    assert limited["entries"] and limited["rejected"]  # the filter kept some, rejected some
