@@ -164,9 +164,13 @@ def cmd_chat(args: argparse.Namespace) -> None:
     model, tokenizer = load_run(args.run, _models(args), device, attention_window=window)
     models = run_models(args.run, _models(args))  # the codec the run's tokens were made with
     codec = Codec.load(models, tokenizer.layout.num_codebooks, device)
-    decode = args.decode or ("static" if cfg.decode == "auto" else cfg.decode)  # one reply:
-    session = ChatSession(model, tokenizer, codec, Aligner.load(models, device),
-                          decode=decode)  # fmt: skip  # compiling would cost more than it saves
+    if args.decode:
+        decode = args.decode
+    elif cfg.decode == "auto":  # one reply: compiling would cost more than it saves
+        decode = "static" if device.startswith("cuda") else "eager"
+    else:
+        decode = cfg.decode
+    session = ChatSession(model, tokenizer, codec, Aligner.load(models, device), decode=decode)
     try:
         wav24, wav16 = decode_user_audio(Path(args.audio).read_bytes(), Path(args.audio).name)
     except (OSError, ValueError) as err:
@@ -300,10 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--attention-window", type=int,
                     help="tokens attended to by an LM without a sliding window (default 4096)")
     ch.add_argument("--decode", choices=("auto", "eager", "static", "compiled"),
-                    help="static (default here: one reply per run, so compiling would cost "
-                         "more than it saves): the ring-cache decoder; compiled: its step under "
-                         "torch.compile (CUDA graphs); auto: compiled on a CUDA GPU; eager: "
-                         "transformers' forward (the reference)")
+                    help="default: static on a GPU (one reply per run, so compiling would "
+                         "cost more than it saves), eager on a CPU; static: the ring-cache "
+                         "decoder; compiled: its step under torch.compile (CUDA graphs); auto: "
+                         "compiled on a CUDA GPU; eager: transformers' forward (the reference)")
     ch.set_defaults(func=cmd_chat)
 
     nb = sub.add_parser("notebooks", help=cmd_notebooks.__doc__)

@@ -374,7 +374,7 @@ class ChatConfig(StageConfig):
     # (4096 tokens = 74 s); an LM with one (v0.1: 4096) keeps its own
     attention_window: int = 4096
     # how each token runs (`generate.pick_decode`): auto = the compiled ring-cache step on a
-    # CUDA GPU, uncompiled elsewhere; eager = transformers' own forward, the reference
+    # CUDA GPU, transformers' own forward (eager, the reference) elsewhere
     decode: str = "auto"
 
     _tiny: ClassVar[dict] = {"max_response_s": 4.0}

@@ -170,10 +170,11 @@ DECODES = ("eager", "static", "compiled")  # see `stream_tokens`
 
 def pick_decode(decode: str, device) -> str:
     """``"auto"``: ``"compiled"`` on a CUDA GPU (CUDA graphs take the per-token launch cost
-    away; the first reply waits for the compilation), ``"static"`` elsewhere (on a CPU the
-    compilation takes longer than a short chat gains). Any other value is kept."""
+    away; the compilation is paid once), ``"eager"`` elsewhere (on a CPU the ring decoder is
+    no faster, measured, and compiling takes longer than a short chat gains). Any other value
+    is kept."""
     if decode == "auto":
-        return "compiled" if torch.device(device).type == "cuda" else "static"
+        return "compiled" if torch.device(device).type == "cuda" else "eager"
     if decode not in DECODES:
         raise ValueError(f"decode={decode!r}: choose auto or one of {', '.join(DECODES)}")
     return decode
@@ -279,8 +280,8 @@ class FastDecoder:
         return hidden
 
     def _one_step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        if self._one is self._step:
-            return self._step(ids, positions)
+        if self._one is self._step:  # uncompiled: attend only over the slots filled so far
+            return self._step(ids, positions, filled=min(self.length + 1, self.window))
         try:
             return self._one(ids, positions)
         except Exception as err:  # a compiler or CUDA-graph failure must not end the chat
@@ -292,14 +293,20 @@ class FastDecoder:
             self.compiled_step = self._step  # do not try again for this model
             return self._step(ids, positions)  # rewrites the same slot: safe to repeat
 
-    def _step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """One token ``ids [1]`` at ``positions [1]``: write, then attend over the ring."""
+    def _step(self, ids: torch.Tensor, positions: torch.Tensor,
+              filled: int | None = None) -> torch.Tensor:  # fmt: skip
+        """One token ``ids [1]`` at ``positions [1]``: write, then attend over the ring. The
+        ring fills slot 0, 1, ... before it wraps, so ``filled`` (uncompiled only: a Python
+        int would make the compiled step recompile each token) can cut attention to the slots
+        in use; the compiled step attends over the whole ring, fixed shapes for CUDA graphs."""
         slot = positions % self.window
         self.slot_position.index_copy_(0, slot, positions)
-        seen = self.slot_position
-        mask = (seen >= 0) & (seen > positions - self.window)  # every slot holds <= position
-        return self._layers(ids, positions, self._bias(mask[None, None, None, :]), slot,
-                            write_first=True)  # fmt: skip
+        bias = None  # after the write the ring holds exactly the last `window` positions, so
+        if filled is None:  # only empty slots need masking, and the filled ones have none
+            seen = self.slot_position
+            bias = self._bias(((seen >= 0) & (seen > positions - self.window))[None, None, None])
+        return self._layers(ids, positions, bias, slot, write_first=True,
+                            filled=filled)  # fmt: skip
 
     def _chunk(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """``T <= window`` tokens: attend over the ring and the chunk, then write the chunk."""
@@ -328,7 +335,8 @@ class FastDecoder:
                                                                attn_mask=bias, scale=scale)
         return out.reshape(1, heads, steps, dim)
 
-    def _layers(self, ids, positions, mask, slots, write_first: bool) -> torch.Tensor:
+    def _layers(self, ids, positions, mask, slots, write_first: bool,
+                filled: int | None = None) -> torch.Tensor:  # fmt: skip
         from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
         decoder = self.decoder
@@ -345,7 +353,8 @@ class FastDecoder:
             if write_first:
                 keys.index_copy_(2, slots, k)
                 values.index_copy_(2, slots, v)
-                out = self._attend(q, keys, values, mask, attn.scaling)
+                out = self._attend(q, keys[:, :, :filled], values[:, :, :filled], mask,
+                                   attn.scaling)  # fmt: skip
             else:
                 out = self._attend(q, torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2),
                                    mask, attn.scaling)  # fmt: skip

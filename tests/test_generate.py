@@ -357,6 +357,9 @@ def test_fast_decode_gives_the_eager_tokens_past_the_window(lm, tok, decode):
     runs = [list(generate.stream_tokens(lm, lay, prompt, 44, sampling, open_text_from=open_from,
                                         decode=d)) for d in ("eager", decode)]  # fmt: skip
     assert runs[0] == runs[1]
+    short = prompt[:44]  # a prompt inside the window: the ring fills before it wraps
+    assert generate.generate(lm, lay, short, 300, generate.Sampling.greedy(), decode=decode) \
+        == generate.generate(lm, lay, short, 300, generate.Sampling.greedy())  # fmt: skip
 
 
 def test_fast_decoder_is_made_once_per_model_and_serves_one_stream(lm, tok):
@@ -369,7 +372,7 @@ def test_fast_decoder_is_made_once_per_model_and_serves_one_stream(lm, tok):
     assert b.length == 0 and b.cache_len == 0
     with pytest.raises(RuntimeError, match="another stream"):
         a.feed([5], first)  # the first stream was overtaken: refused, not silently wrong
-    assert generate.pick_decode("auto", "cpu") == "static"
+    assert generate.pick_decode("auto", "cpu") == "eager"
     assert generate.pick_decode("auto", "cuda") == "compiled"
     with pytest.raises(ValueError, match="choose"):
         generate.pick_decode("fast", "cpu")
