@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--contexts", type=float, nargs="+", default=[4.0, 30.0])
     parser.add_argument("--reply-s", type=float, default=4.0)
     parser.add_argument("--decodes", nargs="+", choices=DECODES, default=list(DECODES))
+    parser.add_argument("--repeats", type=int, default=3, help="runs per row; the best counts")
     args = parser.parse_args()
     device = torch.device(args.device or pick_device())
     dtype = pick_dtype(device)
@@ -122,14 +123,18 @@ def main() -> None:
             generate.generate(model, lay, prompt, 22, sampling, decode=decode)  # warm-up
             if decode == "compiled" and compile_s is None:
                 compile_s = time.perf_counter() - started
-            stats = {"forward_s": 0.0}
-            started = time.perf_counter()
-            out = list(generate.stream_tokens(model, lay, prompt, n, sampling, stats=stats,
-                                              decode=decode))  # fmt: skip
-            seconds = time.perf_counter() - started
-            assert len(out) == n
+            best = None
+            for _ in range(args.repeats):  # the best of a few: a shared machine is noisy
+                stats = {"forward_s": 0.0}
+                started = time.perf_counter()
+                out = list(generate.stream_tokens(model, lay, prompt, n, sampling, stats=stats,
+                                                  decode=decode))  # fmt: skip
+                seconds = time.perf_counter() - started
+                assert len(out) == n
+                if best is None or seconds < best[0]:
+                    best = (seconds, stats["forward_s"])
             rows.append({"context_s": context_s, "context": prompt.size, "decode": decode,
-                         "tokens_s": n / seconds, "outside": 1 - stats["forward_s"] / seconds})
+                         "tokens_s": n / best[0], "outside": 1 - best[1] / best[0]})
 
     name = f"{args.shape} Mistral ({params / 1e6:,.1f} M parameters, {dtype}) on {device}"
     if device.type == "cuda":
