@@ -118,3 +118,15 @@ def test_nbmake_fails_a_notebook_that_warns(tmp_path):
     result = NotebookRun(path, 120).execute()
     assert result.error is not None and "deprecated call" in result.error.summary
     assert result.error.failing_cell_index == 1
+
+
+def test_notebook_tables_are_displayed():
+    """`viz.table` returns HTML that only the last expression of a cell shows: anywhere else it
+    must go through `display(...)`, or the reader never sees the table."""
+    for path in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        for index, cell in enumerate(json.loads(path.read_text())["cells"]):
+            lines = "".join(cell["source"]).splitlines() if cell["cell_type"] == "code" else []
+            for number, line in enumerate(lines):
+                last = number == len(lines) - 1 and not line.startswith((" ", "\t"))
+                if "viz.table(" in line and not last and "display(viz.table(" not in line:
+                    raise AssertionError(f"{path.name} cell {index}: {line.strip()}")
