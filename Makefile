@@ -49,7 +49,7 @@ FFMPEG_TESTS := tests/test_audio.py tests/test_scrape.py \
 	tests/test_captions.py::test_scrape_stores_the_sidecar_split_at_real_chunk_starts
 
 test: lint
-	SPEECHLM_PROFILE=tiny $(BIN)/python -m pytest -q -rs --nbmake --nbmake-timeout=1800 tests $(wildcard notebooks/*.ipynb)
+	SPEECHLM_PROFILE=tiny $(BIN)/python -m pytest -q -rs --durations=15 --nbmake --nbmake-timeout=1800 tests $(wildcard notebooks/*.ipynb)
 	@if command -v ffmpeg >/dev/null 2>&1; then \
 	  echo "again with the bundled ffmpeg: $(FFMPEG_TESTS)"; \
 	  SPEECHLM_PROFILE=tiny SPEECHLM_FFMPEG=bundled $(BIN)/python -m pytest -q -rs $(FFMPEG_TESTS); \
