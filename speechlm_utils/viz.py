@@ -22,6 +22,19 @@ KIND_COLORS: dict[str, str] = {
 }
 
 
+# Words at their sound: a colour no token kind uses, the same in every figure (alternating
+# shades where neighbouring words must be told apart).
+WORD_COLORS = ("goldenrod", "khaki")
+
+
+def _integer_counts(*axes) -> None:
+    """Count axes tick whole numbers only (no 0.5 videos)."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def kind_color(kind: int | str) -> str:
     """A kind's colour in `KIND_COLORS`: a name ("text", "pad", "cb2") or a position kind as
     `TokenLayout.kinds` gives it (0 = text, k + 1 = codebook k)."""
@@ -90,6 +103,7 @@ def plot_index(entries: list[dict], top_terms: int = 20, title: str | None = Non
                         fontsize=8)  # fmt: skip
     ax_dur.set_xlabel("duration (minutes, log scale)")
     ax_dur.set_ylabel("videos")
+    _integer_counts(ax_dur)
     total_h = sum(kept_min) / 60
     ax_dur.set_title(f"{len(entries)} videos kept, {total_h:.2f} h in all")
     if rejected is not None:
@@ -296,6 +310,7 @@ def plot_token_stats(records: list[dict]):
     ax_lag.hist([r["max_lag_s"] for r in ok], bins=20, color="dimgray")
     ax_lag.set_xlabel("largest spill lag in the chunk (s)")
     ax_lag.set_title("how late text had to go when slots were full")
+    _integer_counts(ax_pad, ax_lag)
     fig.tight_layout()
     return fig
 
@@ -316,7 +331,7 @@ def plot_words(wav, sample_rate_hz: int, words: list, title: str = ""):
     ax_spec.set_ylabel("Hz")
     ax_spec.set_xlabel("time in chunk (s)")
     for i, w in enumerate(words):
-        color = "tab:cyan" if i % 2 else "tab:olive"
+        color = WORD_COLORS[i % 2]
         ax_wav.axvspan(w.start_s, max(w.end_s, w.start_s + 0.02), color=color, alpha=0.35)
         ax_spec.axvline(w.start_s, color="white", lw=0.6, alpha=0.7)
         ax_wav.text(w.start_s, ax_wav.get_ylim()[1] * (0.9 - 0.25 * (i % 3)), w.text.strip(),
@@ -368,7 +383,8 @@ def _draw_words(ax, words: list, start_s: float, end_s: float) -> None:
     """Each word in ``[start_s, end_s]`` as a span at its sound, labelled."""
     for w in words:
         if start_s <= w.start_s <= end_s:
-            ax.axvspan(w.start_s, max(w.end_s, w.start_s + 0.03), color="tab:orange", alpha=0.4)
+            ax.axvspan(w.start_s, max(w.end_s, w.start_s + 0.03), color=WORD_COLORS[0],
+                       alpha=0.5)  # fmt: skip
             ax.text(w.start_s, 0.5, w.text.strip(), fontsize=7, rotation=90, va="center",
                     clip_on=True)  # fmt: skip
     ax.set_yticks([])
@@ -469,7 +485,7 @@ def plot_text_leads(tokenizers: list, codes, words: list, start_s: float = 0.0,
         i = (clean or candidates)[0]
         ahead = []
         for ax, tok, first in zip(axes, tokenizers, firsts):
-            ax.axvline(words[i].start_s, color="tab:orange", ls="--", lw=1.2, zorder=3)
+            ax.axvline(words[i].start_s, color=WORD_COLORS[0], ls="--", lw=1.2, zorder=3)
             _lead_arrow(fig, ax_words, ax, tok.layout, words[i], first[i], label=False)
             ahead_s = words[i].start_s - _slot_time_s(tok.layout, first[i]["slot"])
             ahead.append(f"{ahead_s:.1f} s ahead with lead {tok.text_lead_s:g} s")
@@ -567,6 +583,7 @@ def plot_dataset_stats(records: list[dict], usage: list[dict]):
     axes[3].set_ylabel("codes used (of 2048)")
     axes[3].set_title("code usage, entropy in bits")
     fig.suptitle(f"{len(ok)} tokenized chunks")
+    _integer_counts(*axes[:3])
     fig.tight_layout()
     return fig
 
@@ -654,7 +671,7 @@ class AlignmentExplorer:
         ax.plot(t, self.wav[::40], lw=0.4, color="black")
         ax.axvspan(info["start_s"], info["end_s"], color="tab:red", alpha=0.3)
         for w in self.words:
-            ax.axvline(w.start_s, color="tab:orange", lw=0.5)
+            ax.axvline(w.start_s, color=WORD_COLORS[0], lw=0.5)
         ax.set_yticks([])
         ax.set_xlim(0, self.wav.size / MIMI_SAMPLE_RATE_HZ)
         fig.tight_layout()
