@@ -324,8 +324,10 @@ class IndexSummary:
         reasons = ", ".join(f"{k} {v}" for k, v in self.filtered.most_common()) or "none"
         return (f"terms: {self.terms_done} done, {len(self.terms_failed)} failed, "
                 f"{self.terms_skipped} skipped (done before), of {self.terms_total}\n"
-                f"videos kept: {self.videos_kept} ({self.hours_kept:.2f} h)\n"
-                f"filtered: {reasons}")  # fmt: skip
+                f"videos kept: {self.videos_kept} ({self.hours_kept:.2f} h)"
+                + (" in this run: every term was done before\n" if self.terms_skipped and
+                   not self.terms_done else "\n")
+                + f"filtered: {reasons}")  # fmt: skip
 
 
 def _search_term(session: requests.Session, term: str, cfg: IndexConfig) -> dict:
