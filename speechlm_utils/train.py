@@ -1188,6 +1188,13 @@ def compare_recipes(cfg: TrainConfig, models: ModelsConfig, tokens_root: str | P
     return rows
 
 
+def notebook_run_dir(cfg) -> Path:
+    """The run notebooks 05 and 06 share: ``runs/tiny-demo`` (tiny) or ``runs/mistral-7b-lora``
+    under the profile's data directory."""
+    return Path(cfg.data_dir) / "runs" / ("tiny-demo" if cfg.profile == "tiny" else
+                                          "mistral-7b-lora")  # fmt: skip
+
+
 def ensure_run(cfg: TrainConfig, models: ModelsConfig, run_dir: str | Path,
                progress: bool = False) -> Path:  # fmt: skip
     """``run_dir``, trained here first (tiny profile only) if it has no model yet, so the chat
