@@ -116,12 +116,12 @@ def explain_step(model, tokenizer, prompt_ids, top: int = 5,
     """One step of generation after ``prompt_ids``, laid open: the next position's kind, its
     ``top`` candidates with their probabilities (over the allowed rows only) and what each
     id means, and the id `sample_next` picks."""
-    from .model import core_model, output_weight
+    from .model import output_weight
 
     lay = tokenizer.layout
     prompt = torch.as_tensor(prompt_ids, dtype=torch.long).reshape(-1)
     device = next(model.parameters()).device
-    hidden = core_model(model)(input_ids=prompt[None].to(device)).last_hidden_state[0, -1]
+    hidden = core_model_output(model, prompt)
     kind = lay.kind_of(prompt.numel())
     weight = output_weight(model)
     logits, first_id = _kind_logits(hidden, weight, lay, kind)
@@ -236,8 +236,11 @@ class FastDecoder:
             torch._dynamo.mark_static_address(buffer)
         self.length = 0  # positions fed so far
         self.stream = 0  # which stream the ring holds (`begin`)
-        self.compiled_step = None  # made on the first compiled stream
-        self._one = self._step
+        # `_step` compiled as a plain function taking the decoder as its first argument: a
+        # compiled bound method would hold the decoder in a reference cycle, keeping the model's
+        # weights alive after the model is dropped until Python's garbage collector runs
+        self.compiled_step = None  # made on the first compiled stream; False: compiling failed
+        self.compiled = False  # whether this stream uses it
 
     def begin(self, compiled: bool = False) -> int:
         """Start a new stream (the ring's memory is kept); its token for `feed`."""
@@ -246,14 +249,10 @@ class FastDecoder:
         self.stream += 1
         if compiled and self.compiled_step is None:
             mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs
-            self.compiled_step = torch.compile(self._step, mode=mode, fullgraph=True,
+            self.compiled_step = torch.compile(FastDecoder._step, mode=mode, fullgraph=True,
                                                dynamic=False)  # fmt: skip
-        self._one = self.compiled_step if compiled and self.compiled_step else self._step
+        self.compiled = bool(compiled and self.compiled_step)
         return self.stream
-
-    def reset(self) -> None:
-        """Forget the stream (uncompiled from here on)."""
-        self.begin()
 
     @property
     def cache_len(self) -> int:
@@ -280,18 +279,18 @@ class FastDecoder:
         return hidden
 
     def _one_step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        if self._one is self._step:  # uncompiled: attend only over the slots filled so far
-            return self._step(ids, positions, filled=min(self.length + 1, self.window))
-        try:
-            return self._one(ids, positions)
-        except Exception as err:  # a compiler or CUDA-graph failure must not end the chat
-            import warnings
+        if self.compiled:
+            try:
+                return self.compiled_step(self, ids, positions)
+            except Exception as err:  # a compiler or CUDA-graph failure must not end the chat
+                import warnings
 
-            warnings.warn(f"torch.compile of the decode step failed ({type(err).__name__}: "
-                          f"{str(err)[:300]}); decoding uncompiled", stacklevel=3)  # fmt: skip
-            self._one = self._step
-            self.compiled_step = self._step  # do not try again for this model
-            return self._step(ids, positions)  # rewrites the same slot: safe to repeat
+                warnings.warn(f"torch.compile of the decode step failed ({type(err).__name__}: "
+                              f"{str(err)[:300]}); decoding uncompiled", stacklevel=3)  # fmt: skip
+                self.compiled, self.compiled_step = False, False  # not again for this model
+        # uncompiled (also after a failed try: it rewrites the same slot, safe to repeat):
+        # attend only over the slots filled so far
+        return self._step(ids, positions, filled=min(self.length + 1, self.window))
 
     def _step(self, ids: torch.Tensor, positions: torch.Tensor,
               filled: int | None = None) -> torch.Tensor:  # fmt: skip
@@ -416,8 +415,9 @@ def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
     ``decode``: ``"eager"`` runs the model's own forward with transformers' cache (the
     reference); ``"static"`` the `FastDecoder` (a fixed ring cache, no per-token allocation);
     ``"compiled"`` the same with its one-token step under `torch.compile` (CUDA graphs on a
-    GPU). All three give the same tokens. ``stats`` with a ``forward_s`` entry has the seconds
-    spent in the model's forward added to it (the rest of a step is sampling and Python).
+    GPU). In fp32 all three give the same tokens; in bf16 the same up to rounding. ``stats``
+    with a ``forward_s`` entry has the seconds spent in the model's forward added to it (the
+    rest of a step is sampling and Python).
     """
     if decode not in DECODES:
         raise ValueError(f"decode={decode!r}: choose one of {', '.join(DECODES)}")

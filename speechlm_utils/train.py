@@ -214,9 +214,8 @@ class TrainResult:
         """The latest value of ``key``: from this call's steps, else from the run's metrics
         (a finished run resumed trains no step but still has its last losses)."""
         values = [h[key] for h in self.history if key in h]
-        if not values:
-            values = [m[key] for m in read_metrics(self.run_dir) if key in m] if \
-                (Path(self.run_dir) / "metrics.jsonl").exists() else []  # fmt: skip
+        if not values and (Path(self.run_dir) / "metrics.jsonl").exists():
+            values = [m[key] for m in read_metrics(self.run_dir) if key in m]
         return values[-1] if values else None
 
 
