@@ -187,6 +187,24 @@ def cmd_chat(args: argparse.Namespace) -> None:
           f"{response.first_audio_s:.2f} s, stopped on {response.stopped}) -> {args.out}")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Stage 07: held-out loss per kind, likelihood suites, sanity and text-speech consistency
+    for a run's checkpoints, into RUN/eval.jsonl."""
+    from .evaluate import evaluate_run
+
+    sources = {}
+    for spec in args.source or []:
+        name, _, where = spec.partition("=")
+        if not where:
+            raise SystemExit(f"--source {spec!r}: use SUITE=DIR (or SUITE=hub/id)")
+        sources[name] = where
+    result = evaluate_run(args.run, args.suite or ["loss", "sanity", "consistency"],
+                          args.checkpoints, _models(args), args.tokens, limit=args.limit,
+                          sources=sources)  # fmt: skip
+    print(result.table())
+    print(f"results: {Path(args.run) / 'eval.jsonl'}")
+
+
 def _models(args: argparse.Namespace) -> config.ModelsConfig:
     """The models: ``--lm``/``--mimi``/``--whisper``, else the environment, else the profile's."""
     return config.ModelsConfig.from_profile(args.profile, **_data_dir(args),
@@ -309,6 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "decoder; compiled: its step under torch.compile (CUDA graphs); auto: "
                          "compiled on a CUDA GPU; eager: transformers' forward (the reference)")
     ch.set_defaults(func=cmd_chat)
+
+    ev = sub.add_parser("evaluate", help=cmd_evaluate.__doc__, parents=[chosen])
+    ev.add_argument("--run-dir", "--run", dest="run", type=Path, required=True)
+    ev.add_argument("--suite", action="append",
+                    help="loss, sanity, consistency, swuggy, sblimp, sstorycloze, tstorycloze, "
+                         "salmon or demo; repeat for several (default: loss, sanity and "
+                         "consistency)")
+    ev.add_argument("--checkpoints", choices=("all", "last"), default="last")
+    ev.add_argument("--tokens", type=Path,
+                    help="the token root the run trained on (default: the one it recorded)")
+    ev.add_argument("--limit", type=int, help="score only the first N items of each suite")
+    ev.add_argument("--source", action="append", metavar="SUITE=DIR",
+                    help="read a suite from a local copy (save_to_disk or parquet) instead of "
+                         "the hub")
+    ev.set_defaults(func=cmd_evaluate)
 
     nb = sub.add_parser("notebooks", help=cmd_notebooks.__doc__)
     nb.add_argument("--dir", type=Path, default=Path("notebooks"))

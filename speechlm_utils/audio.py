@@ -99,18 +99,40 @@ def load_audio(path: str | Path, sample_rate_hz: int = MIMI_SAMPLE_RATE_HZ) -> n
     path = Path(path)
     if not path.is_file():
         raise AudioDecodeError(f"{path}: no such file")
+    return _ffmpeg_decode(["-i", str(path)], None, sample_rate_hz, str(path))
+
+
+def decode_audio_bytes(data: bytes, sample_rate_hz: int = MIMI_SAMPLE_RATE_HZ,
+                       name: str = "audio bytes") -> np.ndarray:  # fmt: skip
+    """`load_audio` for an encoded file held in memory (a data set's WAV, FLAC, MP3 or Opus
+    bytes), through the same ffmpeg decode and resampling as the training audio."""
+    return _ffmpeg_decode(["-i", "pipe:0"], data, sample_rate_hz, name)
+
+
+def resample(wav: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
+    """``wav[T]`` float32 at ``from_hz`` resampled to ``to_hz`` by ffmpeg (its resampler is
+    the one every training clip went through)."""
+    if from_hz == to_hz:
+        return np.asarray(wav, dtype=np.float32)
+    raw = np.ascontiguousarray(wav, dtype=np.float32).tobytes()
+    return _ffmpeg_decode(["-f", "f32le", "-ar", str(from_hz), "-ac", "1", "-i", "pipe:0"],
+                          raw, to_hz, "a waveform")  # fmt: skip
+
+
+def _ffmpeg_decode(inputs: list[str], stdin: bytes | None, sample_rate_hz: int,
+                   name: str) -> np.ndarray:  # fmt: skip
     cmd = [
-        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error",
-        "-i", str(path), "-vn", "-ac", "1", "-ar", str(sample_rate_hz),
+        ffmpeg_exe(), *(["-nostdin"] if stdin is None else []), "-hide_banner",
+        "-loglevel", "error", *inputs, "-vn", "-ac", "1", "-ar", str(sample_rate_hz),
         "-f", "f32le", "-",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True)
+    proc = subprocess.run(cmd, input=stdin, capture_output=True)
     if proc.returncode != 0:
         reason = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise AudioDecodeError(f"{path}: ffmpeg failed: {reason[-1] if reason else 'no output'}")
+        raise AudioDecodeError(f"{name}: ffmpeg failed: {reason[-1] if reason else 'no output'}")
     wav = np.frombuffer(proc.stdout, dtype=np.float32)
     if wav.size == 0:
-        raise AudioDecodeError(f"{path}: decoded to zero samples (empty or not audio)")
+        raise AudioDecodeError(f"{name}: decoded to zero samples (empty or not audio)")
     return wav.copy()
 
 

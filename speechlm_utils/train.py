@@ -655,6 +655,7 @@ class Trainer:
                 "text_source": self.token_layout.get("text_source"),
                 "params": self.params, "step": self.step, "train_chunks": self.cfg.train_chunks,
                 "val_videos": sorted(self.splits.val_videos),
+                "tokens_root": str(self.tokens_root.resolve()),
                 "recipe": {k: getattr(self.cfg, k) for k in RECIPE_FIELDS}}  # fmt: skip
 
     def ranks_in_sync(self) -> bool:
@@ -811,8 +812,10 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 def load_run(run_dir: str | Path, models: ModelsConfig | None = None, device: str = "cpu",
              dtype: torch.dtype | None = None, attention_window: int | None = None,
-             merge: bool = True):  # fmt: skip
-    """The trained model of a run (``final/``, else its latest checkpoint) and its tokenizer,
+             merge: bool = True, checkpoint: str | Path | None = None):  # fmt: skip
+    """The trained model of a run (``final/``, else its latest checkpoint, or ``checkpoint``:
+    a directory holding ``weights.pt`` or its name in the run, e.g. ``step-0000050``) and its
+    tokenizer,
     loaded lean: the base straight into ``dtype`` (default `config.pick_dtype(device)`) on
     ``device``, the trained weights memory-mapped and (``merge``, the default) folded into a
     plain model (`model.merge_trained`: no adapters at chat time); ``merge=False`` rebuilds the
@@ -838,6 +841,13 @@ def load_run(run_dir: str | Path, models: ModelsConfig | None = None, device: st
                                 spec["text_slots_per_group"], spec["text_lead_s"])  # fmt: skip
     source = run_dir / "final" if (run_dir / "final" / "weights.pt").exists() else \
         latest_checkpoint(run_dir)  # fmt: skip
+    if checkpoint is not None:
+        source = Path(checkpoint)
+        if not (source / "weights.pt").exists():
+            named = run_dir / "checkpoints" / str(checkpoint)
+            source = named if str(checkpoint) != "final" else run_dir / "final"
+        if not (source / "weights.pt").exists():
+            raise FileNotFoundError(f"{run_dir}: no checkpoint {checkpoint} (its weights.pt)")
     if source is None:
         raise FileNotFoundError(f"{run_dir} has no final/ or checkpoint: train it first")
     dtype = dtype or pick_dtype(device)

@@ -1,0 +1,708 @@
+"""Stage 07: did the finetune learn speech? Numbers comparable with published ones.
+
+A run is judged on every saved checkpoint by:
+
+- **held-out loss per kind** (text, pad, semantic, acoustic) on its validation videos, and the
+  perplexity of each;
+- **likelihood suites** (sWUGGY, sBLIMP, sStoryCloze, tStoryCloze, SALMon, or the offline demo
+  suite): each item holds two or more clips, one right. Every clip is tokenized into our stream
+  exactly as the training audio was (Mimi codes, the words in the text slots from the run's
+  text source, or every text slot ``TEXT_PAD`` for the *speech-only* variant, as SpiritLM
+  reports both) and scored by the mean log-likelihood of its audio tokens, over the semantic
+  codebook alone and over all codebooks. The item counts as right when the right clip scores
+  highest. A likelihood pair needs no judge and no generation: a model that learned the
+  language gives a real word, a grammatical sentence or a coherent ending a higher probability
+  than a matched wrong one, and chance is 1 / (clips per item);
+- a **sanity suite** that even the tiny model must pass: a memorised training window against
+  the same window with its audio frames shuffled, and with another window's audio under its
+  text;
+- **text-speech consistency**: Whisper's transcript of generated audio against the model's own
+  text channel (word error rate), from validation prompts.
+
+Results: ``RUN/eval.jsonl``, one line per checkpoint, suite and metric; each item's scores in
+``RUN/eval/<checkpoint>/<suite>.jsonl`` (appended per batch, so a stopped evaluation resumes
+where it was); the suites' token streams in ``RUN/eval/encoded/<suite>/`` (encoded once, scored
+for every checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .manifest import JsonlWriter, read_jsonl, write_json_atomic
+from .tokenizer import TEXT_KIND, SpeechTokenizer, TokenLayout
+from .words import Word
+
+LOSS_KINDS = ("text", "pad", "semantic", "acoustic")
+VARIANTS = ("text", "speech")  # text slots as in training, or all TEXT_PAD (speech only)
+SPANS = ("semantic", "all")  # codebook 0 alone, or every codebook
+MIN_SCORE_GAP = 1e-6  # a right clip must beat every other by this (ties count as wrong)
+
+
+# -- items ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Clip:
+    """One candidate recording: encoded file bytes, a file path, or a waveform with its rate;
+    ``words`` when a transcript with times comes with it (the demo suite's), else Whisper's."""
+
+    audio: bytes | str | np.ndarray
+    sample_rate_hz: int | None = None  # for a waveform
+    words: list[Word] | None = None
+
+    def load(self, sample_rate_hz: int) -> np.ndarray:
+        from .audio import decode_audio_bytes, load_audio
+
+        if isinstance(self.audio, bytes):
+            return decode_audio_bytes(self.audio, sample_rate_hz)
+        if isinstance(self.audio, str):
+            return load_audio(self.audio, sample_rate_hz)
+        wav = np.asarray(self.audio, dtype=np.float32)
+        if self.sample_rate_hz != sample_rate_hz:
+            raise ValueError(f"a waveform at {self.sample_rate_hz} Hz where {sample_rate_hz} Hz "
+                             "is needed: give the clip as file bytes to resample it")  # fmt: skip
+        return wav
+
+
+@dataclass
+class Item:
+    """One likelihood test: ``clips[correct]`` is the right one."""
+
+    id: str
+    clips: list[Clip]
+    correct: int = 0
+    subset: str = ""  # e.g. SALMon's task
+
+
+# -- suites: one adapter per Hugging Face schema -----------------------------------------------
+
+
+def _audio_of(cell) -> Clip:
+    """A `datasets` audio cell read with ``Audio(decode=False)``: ``{"bytes", "path"}``."""
+    if isinstance(cell, dict):
+        if cell.get("bytes"):
+            return Clip(bytes(cell["bytes"]))
+        if cell.get("path"):
+            return Clip(str(cell["path"]))
+        if cell.get("array") is not None:
+            return Clip(np.asarray(cell["array"], np.float32), int(cell["sampling_rate"]))
+    if isinstance(cell, str):
+        return Clip(cell)
+    raise ValueError(f"not an audio cell: {type(cell).__name__}")
+
+
+def _words_cell(cell) -> list[Word] | None:
+    """An optional column of timed words (JSON list of {word, start_s, end_s})."""
+    if not cell:
+        return None
+    rows = json.loads(cell) if isinstance(cell, str) else cell
+    return [Word(" " + w["word"].strip(), float(w["start_s"]), float(w["end_s"])) for w in rows]
+
+
+def pair_adapter(right: str, wrong: str | tuple[str, ...], words: str | None = None):
+    """An adapter for a schema with one column per candidate: ``right`` and ``wrong``
+    audio columns (and, optionally, ``<column>_words`` transcripts with times)."""
+    wrongs = (wrong,) if isinstance(wrong, str) else tuple(wrong)
+
+    def adapt(row: dict, index: int, subset: str) -> Item:
+        clips = []
+        for col in (right, *wrongs):
+            clip = _audio_of(row[col])
+            clip.words = _words_cell(row.get(f"{col}_words"))
+            clips.append(clip)
+        return Item(str(row.get("id", index)), clips, 0, subset or str(row.get("subset") or ""))
+
+    return adapt
+
+
+@dataclass
+class Suite:
+    """Where a suite lives on the Hugging Face hub and how its rows become `Item`s."""
+
+    name: str
+    hub_id: str
+    adapter: Callable[[dict, int, str], Item]
+    subsets: tuple[str | None, ...] = (None,)  # the dataset's configs (SALMon: one per task)
+    split: str = "train"
+    audio_columns: tuple[str, ...] = ()
+    about: str = ""
+    chance: float = 0.5
+
+
+SALMON_TASKS = ("bg_alignment", "bg_all_consistency", "bg_domain_consistency",
+                "gender_consistency", "rir_consistency", "sentiment_alignment",
+                "sentiment_consistency", "speaker_consistency")  # fmt: skip
+
+SUITES: dict[str, Suite] = {
+    s.name: s
+    for s in [
+        Suite("swuggy", "slprl/sWUGGY", pair_adapter("positive", "negative"),
+              audio_columns=("positive", "negative"),
+              about="lexicon: a spoken word scores above a matched non-word"),
+        Suite("sblimp", "slprl/sBLIMP", pair_adapter("positive", "negative"),
+              audio_columns=("positive", "negative"),
+              about="syntax: a grammatical sentence above its minimal ungrammatical pair"),
+        Suite("sstorycloze", "slprl/sStoryCloze", pair_adapter("correct", "incorrect"),
+              audio_columns=("correct", "incorrect"),
+              about="semantics: a story's right ending above a fine-grained wrong one"),
+        Suite("tstorycloze", "slprl/tStoryCloze", pair_adapter("correct", "incorrect"),
+              audio_columns=("correct", "incorrect"),
+              about="semantics: the right ending above a random, topically wrong one"),
+        Suite("salmon", "slprl/SALMon", pair_adapter("positive", "negative"), SALMON_TASKS,
+              audio_columns=("positive", "negative"),
+              about="acoustics: consistent speaker, sentiment, background, room"),
+        Suite("demo", "data/eval/demo_suite", pair_adapter("correct", "incorrect"),
+              audio_columns=("correct", "incorrect"),
+              about="offline: the demo voices saying right and wrong words, grammar, endings"),
+    ]
+}
+
+
+def demo_suite_dir() -> Path:
+    from .config import find_repo_root
+
+    root = find_repo_root()
+    if root is None:
+        raise FileNotFoundError("the demo suite ships in the repository's data/eval/")
+    return root / "data" / "eval" / "demo_suite"
+
+
+def load_suite(name: str, source: str | Path | None = None, limit: int | None = None) -> list[Item]:
+    """The items of suite ``name`` (`SUITES`), read with `datasets` from ``source``: a local
+    directory (``save_to_disk``, or parquet files in the hub's layout) or, by default, the
+    suite's hub id (the demo suite: its directory in the repository). Audio is kept as the
+    files' bytes and decoded by ffmpeg as training audio was."""
+    import datasets
+
+    suite = SUITES[name]
+    source = source or (demo_suite_dir() if name == "demo" else suite.hub_id)
+    items: list[Item] = []
+    for subset in suite.subsets:
+        data = _open_dataset(source, subset, suite.split)
+        for col in suite.audio_columns:
+            data = data.cast_column(col, datasets.Audio(decode=False))
+        for index, row in enumerate(data):
+            if limit and len(items) >= limit * (suite.subsets.index(subset) + 1):
+                break
+            items.append(suite.adapter(row, index, subset or ""))
+    return items
+
+
+def _open_dataset(source: str | Path, subset: str | None, split: str):
+    import datasets
+
+    if datasets.is_progress_bar_enabled():  # a one-time cache build, not worth a bar
+        datasets.disable_progress_bars()
+        try:
+            return _open_dataset(source, subset, split)
+        finally:
+            datasets.enable_progress_bars()
+    path = Path(source)
+    if path.is_dir():
+        here = path / subset if subset and (path / subset).is_dir() else path
+        if (here / "dataset_info.json").exists() or (here / "dataset_dict.json").exists():
+            data = datasets.load_from_disk(str(here))
+            return data[split] if isinstance(data, datasets.DatasetDict) else data
+        files = sorted(str(p) for p in here.rglob("*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"{here}: no dataset (save_to_disk or parquet files)")
+        return datasets.load_dataset("parquet", data_files=files, split="train")
+    return datasets.load_dataset(str(source), subset, split=split)
+
+
+# -- encoding clips into the stream ---------------------------------------------------------------
+
+
+def speech_only(ids: np.ndarray, layout: TokenLayout) -> np.ndarray:
+    """``ids`` with every text slot ``TEXT_PAD``: the speech-only variant of a clip."""
+    out = np.array(ids, copy=True)
+    out[layout.kinds(out.size) == TEXT_KIND] = layout.text_pad_id
+    return out
+
+
+def encode_clips(clips: list[Clip], codec, tokenizer: SpeechTokenizer, aligner=None,
+                 batch_size: int = 16) -> list[np.ndarray]:  # fmt: skip
+    """Token ids of each clip, as stage 03 makes them: audio padded to whole groups and Mimi
+    encoded (one batched pass; Mimi is causal, so the padding after a clip never changes its
+    codes), words in the text slots: the clip's own transcript, else ``aligner``'s (Whisper),
+    else none. ``[N_i]`` int64 each."""
+    from .audio import MIMI_SAMPLE_RATE_HZ, WHISPER_SAMPLE_RATE_HZ
+
+    lay = tokenizer.layout
+    group = lay.frames_per_group * codec.frame_samples
+    out = []
+    for start in range(0, len(clips), batch_size):
+        part = clips[start : start + batch_size]
+        wavs = [c.load(MIMI_SAMPLE_RATE_HZ) for c in part]
+        lengths = [max(group, math.ceil(w.size / group) * group) for w in wavs]
+        batch = torch.zeros(len(wavs), 1, max(lengths))
+        for i, w in enumerate(wavs):
+            batch[i, 0, : w.size] = torch.from_numpy(w)
+        codes = codec.encode(batch, lengths)
+        words = [c.words for c in part]
+        missing = [i for i, w in enumerate(words) if w is None]
+        if missing and aligner is not None:
+            heard = aligner.align([part[i].load(WHISPER_SAMPLE_RATE_HZ) for i in missing])
+            for i, w in zip(missing, heard):
+                words[i] = w
+        out += [tokenizer.encode(c.numpy(), w or []).ids for c, w in zip(codes, words)]
+    return out
+
+
+class EncodedSuite:
+    """A suite's token streams on disk, in blocks of items written atomically (a stopped
+    encoding resumes at the first missing block). ``clips[i]`` are item i's clips' ids."""
+
+    def __init__(self, root: Path, block: int = 64):
+        self.root, self.block = Path(root), block
+
+    def _path(self, b: int) -> Path:
+        return self.root / f"block-{b:05d}.npz"
+
+    def build(self, items: list[Item], codec, tokenizer, aligner=None,
+              progress: bool = True) -> list[list[np.ndarray]]:  # fmt: skip
+        from tqdm.auto import tqdm
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        blocks = range(0, len(items), self.block)
+        todo = [b for b in blocks if not self._path(b // self.block).exists()]
+        for b in tqdm(todo, desc=f"encode {self.root.name}", disable=not progress or not todo):
+            part = items[b : b + self.block]
+            clips = [c for it in part for c in it.clips]
+            ids = encode_clips(clips, codec, tokenizer, aligner)
+            counts = [len(it.clips) for it in part]
+            tmp = self.root / f".tmp-{b // self.block:05d}.npz"
+            with tmp.open("wb") as f:
+                np.savez(f, ids=np.concatenate(ids), lengths=[len(x) for x in ids],
+                         counts=counts, item_ids=np.array([it.id for it in part]))  # fmt: skip
+            tmp.rename(self._path(b // self.block))
+        return self.load(items)
+
+    def load(self, items: list[Item]) -> list[list[np.ndarray]]:
+        out = []
+        for b in range(0, len(items), self.block):
+            with np.load(self._path(b // self.block)) as z:
+                if list(z["item_ids"]) != [it.id for it in items[b : b + self.block]]:
+                    raise ValueError(f"{self.root} holds other items than this suite's: "
+                                     "remove it to encode the suite again")  # fmt: skip
+                flat = np.split(z["ids"], np.cumsum(z["lengths"])[:-1])
+                at = 0
+                for c in z["counts"]:
+                    out.append(flat[at : at + c])
+                    at += c
+        return out
+
+
+# -- scoring --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def clip_logprobs(model, layout: TokenLayout, clips: list[np.ndarray],
+                  max_batch_tokens: int = 8192, progress: bool = False) -> np.ndarray:  # fmt: skip
+    """Summed log-likelihood of each clip's audio tokens under ``model``, each target's
+    softmax over the ids its position allows (as in training and generation).
+
+    ``clips``: token ids, each starting at a group boundary. Clips are sorted by length and
+    batched up to ``max_batch_tokens``, right-padded: attention is causal, so the padding after
+    a clip never reaches its positions, and no clip's score depends on its batch-mates (up to
+    float rounding). Returns ``[N, 4]`` float64: semantic sum, semantic count, all-codebook sum,
+    all-codebook count.
+    """
+    from tqdm.auto import tqdm
+
+    from .model import core_model, output_weight
+
+    device = next(model.parameters()).device
+    core, weight = core_model(model), output_weight(model)
+    out = np.zeros((len(clips), 4))
+    order = sorted(range(len(clips)), key=lambda i: -len(clips[i]))
+    batches, batch = [], []
+    for i in order:
+        longest = len(clips[batch[0]]) if batch else len(clips[i])
+        if batch and (len(batch) + 1) * longest > max_batch_tokens:
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    if batch:
+        batches.append(batch)
+    for batch in tqdm(batches, desc="score", disable=not progress, leave=False):
+        length = len(clips[batch[0]])
+        ids = torch.full((len(batch), length), layout.text_pad_id, dtype=torch.long)
+        valid = torch.zeros(len(batch), length, dtype=torch.bool)
+        for row, i in enumerate(batch):
+            ids[row, : len(clips[i])] = torch.as_tensor(clips[i])
+            valid[row, : len(clips[i])] = True
+        ids, valid = ids.to(device), valid.to(device)
+        hidden = core(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
+        kinds = layout.kinds(length)[1:]
+        targets, valid = ids[:, 1:], valid[:, 1:]
+        sums = torch.zeros(len(batch), 4, dtype=torch.float64, device=device)
+        for kind in range(1, layout.num_codebooks + 1):
+            cols = torch.from_numpy(np.flatnonzero(kinds == kind)).to(device)
+            if cols.numel() == 0:
+                continue
+            lo, hi = layout.id_range(kind)
+            logits = (hidden[:, cols] @ weight[lo:hi].T.to(hidden.dtype)).float()
+            tgt = (targets[:, cols] - lo).clamp(0, hi - lo - 1)
+            logp = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+            ok = valid[:, cols]
+            summed = torch.where(ok, logp, 0.0).sum(-1).double()
+            counted = ok.sum(-1).double()
+            sums[:, 2] += summed
+            sums[:, 3] += counted
+            if kind == 1:
+                sums[:, 0] += summed
+                sums[:, 1] += counted
+        out[batch] = sums.cpu().numpy()
+    return out
+
+
+def item_verdicts(scores: np.ndarray, correct: int) -> dict:
+    """From one item's ``[clips, 4]`` `clip_logprobs`: the mean log-likelihood per clip over
+    each span, and whether the right clip beat every other (ties count as wrong)."""
+    out = {}
+    for span, (s, n) in zip(SPANS, ((0, 1), (2, 3))):
+        means = scores[:, s] / np.maximum(scores[:, n], 1)
+        others = np.delete(means, correct)
+        out[span] = {"means": [float(m) for m in means],
+                     "right": bool((means[correct] - others > MIN_SCORE_GAP).all())}  # fmt: skip
+    return out
+
+
+def score_items(model, layout: TokenLayout, encoded: list[list[np.ndarray]], items: list[Item],
+                out_path: Path, variants: Iterable[str] = VARIANTS, batch_items: int = 64,
+                max_batch_tokens: int = 8192, progress: bool = True) -> list[dict]:  # fmt: skip
+    """Score every item (each variant), appending one line per item to ``out_path``; items
+    already there are read back, not scored again. Returns every item's line."""
+    from tqdm.auto import tqdm
+
+    done = {r["id"]: r for r in read_jsonl(out_path)}
+    todo = [k for k, it in enumerate(items) if it.id not in done]
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"score {out_path.stem}",
+               disable=not progress)  # fmt: skip
+    with JsonlWriter(out_path) as writer:
+        for start in range(0, len(todo), batch_items):
+            part = todo[start : start + batch_items]
+            lines = {k: {"id": items[k].id, "subset": items[k].subset} for k in part}
+            for variant in variants:
+                clips = [c if variant == "text" else speech_only(c, layout)
+                         for k in part for c in encoded[k]]  # fmt: skip
+                scores = clip_logprobs(model, layout, clips, max_batch_tokens)
+                at = 0
+                for k in part:
+                    n = len(encoded[k])
+                    lines[k][variant] = item_verdicts(scores[at : at + n], items[k].correct)
+                    at += n
+            for k in part:
+                writer.write(lines[k])
+                done[items[k].id] = lines[k]
+            bar.update(len(part))
+    bar.close()
+    return [done[it.id] for it in items]
+
+
+def accuracies(lines: list[dict]) -> dict[str, float]:
+    """``acc_<variant>_<span>`` over ``lines`` (`score_items`), plus per subset when there are
+    several (SALMon's tasks): ``acc_<variant>_<span>/<subset>``."""
+    out = {}
+    subsets = sorted({r.get("subset", "") for r in lines})
+    for variant in VARIANTS:
+        for span in SPANS:
+            key = f"acc_{variant}_{span}"
+            have = [r for r in lines if variant in r]
+            if not have:
+                continue
+            out[key] = float(np.mean([r[variant][span]["right"] for r in have]))
+            if len(subsets) > 1:
+                for sub in subsets:
+                    mine = [r[variant][span]["right"] for r in have if r.get("subset") == sub]
+                    out[f"{key}/{sub}"] = float(np.mean(mine))
+    return out
+
+
+# -- the run's own data: held-out loss and the sanity suite ---------------------------------------
+
+
+def run_meta(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / "run.json").read_text())
+
+
+def run_windows(run_dir: str | Path, tokens_root: str | Path, layout: TokenLayout,
+                which: str) -> list[np.ndarray]:  # fmt: skip
+    """The run's windows of its recipe's ``seq_len``: ``val`` (its held-out videos) or
+    ``memorised`` (what it trained on when it used ``train_chunks``, else its training videos).
+    ``[seq_len]`` int64 each, padding (a stream's short tail) cut off."""
+    from .data import cut_windows, video_streams
+    from .preprocess import stream_pieces
+    from .train import training_records
+
+    meta = run_meta(run_dir)
+    seq_len = int(meta.get("recipe", {}).get("seq_len") or 4092) // layout.group_len
+    seq_len *= layout.group_len
+    if which == "val":
+        val = set(meta["val_videos"])
+        records = [r for r in stream_pieces(tokens_root) if r["video_id"] in val]
+    else:
+        records = training_records(run_dir, tokens_root)
+    streams = [s for s in video_streams(records, tokens_root) if s[1]]
+    if not streams:
+        return []
+    from .data import TokenWindows
+
+    windows, _ = cut_windows(streams, seq_len)
+    data = TokenWindows(windows, seq_len, layout.text_pad_id)
+    out = []
+    for i in range(len(data)):
+        item = data[i]
+        keep = int((item["labels"] != -100).sum())
+        out.append(item["input_ids"][:keep].numpy())
+    return out
+
+
+@torch.no_grad()
+def heldout_loss(model, layout: TokenLayout, windows: list[np.ndarray],
+                 batch_size: int = 4) -> dict:  # fmt: skip
+    """Cross-entropy per kind (`LOSS_KINDS`) over ``windows``, each target's softmax over its
+    position's allowed ids (training's loss, unweighted), and its perplexity."""
+    from .model import core_model, output_weight
+    from .train import weighted_loss
+
+    device = next(model.parameters()).device
+    parts = torch.zeros(len(LOSS_KINDS), 2, dtype=torch.float64)
+    for start in range(0, len(windows), batch_size):
+        part = windows[start : start + batch_size]
+        length = max(len(w) for w in part)
+        ids = torch.full((len(part), length), layout.text_pad_id, dtype=torch.long)
+        labels = torch.full_like(ids, -100)
+        for row, w in enumerate(part):
+            ids[row, : len(w)] = labels[row, : len(w)] = torch.as_tensor(w)
+        hidden = core_model(model)(input_ids=ids.to(device), use_cache=False).last_hidden_state
+        _, p = weighted_loss(hidden, output_weight(model), labels.to(device), layout,
+                             (1.0, 1.0, 1.0, 1.0))  # fmt: skip
+        parts += p.double().cpu()
+    out = {"windows": len(windows)}
+    for name, (s, n) in zip(LOSS_KINDS, parts.tolist()):
+        if n:
+            out[f"loss_{name}"] = s / n
+            out[f"ppl_{name}"] = math.exp(min(s / n, 50.0))
+    return out
+
+
+def sanity_items(memorised: list[np.ndarray], others: list[np.ndarray], layout: TokenLayout,
+                 count: int = 8, seed: int = 0) -> tuple[list[Item], list[list[np.ndarray]]]:
+    """Token-level items from the run's own windows: each memorised window (right) against the
+    same window with its audio frames shuffled (its text kept), and against another window's
+    audio under its text (``others``: held-out windows, else other training ones). Returns the
+    items and their clips' ids, ready for `score_items`."""
+    rng = np.random.default_rng(seed)
+    lay = layout
+    items, encoded = [], []
+    pool = others or memorised
+    for k, ids in enumerate(memorised[:count]):
+        groups = ids.reshape(-1, lay.group_len)
+        audio = groups[:, lay.text_slots_per_group :].reshape(-1, lay.num_codebooks)
+        shuffled = groups.copy()
+        shuffled[:, lay.text_slots_per_group :] = \
+            audio[rng.permutation(len(audio))].reshape(len(groups), -1)  # fmt: skip
+        other = next((w for w in pool[k:] + pool[:k] if w is not ids and len(w) >= len(ids)),
+                     None)  # fmt: skip
+        clips = [ids, shuffled.reshape(-1)]
+        if other is not None:
+            swapped = groups.copy()
+            swapped[:, lay.text_slots_per_group :] = \
+                other[: len(ids)].reshape(-1, lay.group_len)[:, lay.text_slots_per_group :]
+            clips.append(swapped.reshape(-1))
+        items.append(Item(f"memorised-{k}", [Clip(np.zeros(0))] * len(clips), 0, "memorised"))
+        encoded.append(clips)
+    return items, encoded
+
+
+# -- text and speech agree? --------------------------------------------------------------------
+
+
+def consistency(model, tokenizer: SpeechTokenizer, codec, aligner, prompts: list[np.ndarray],
+                prompt_s: float = 4.0, reply_s: float = 4.0, seed: int = 0,
+                decode: str = "eager") -> dict:  # fmt: skip
+    """Does the model say what it writes? For each prompt (a validation window), generate
+    ``reply_s`` after its first ``prompt_s`` (sampled, seeded), transcribe the reply's audio
+    with Whisper and compare with the model's own text for that span: the words it wrote at
+    the reply boundary and in the reply's text slots, less the last ``text_lead_s`` (their
+    sound would come after the reply). Returns the word error rate over all prompts and each
+    reply's two texts."""
+    from .align import word_error_rate
+    from .audio import MIMI_SAMPLE_RATE_HZ, WHISPER_SAMPLE_RATE_HZ, resample
+    from .generate import Sampling, lead_groups, respond
+
+    lay = tokenizer.layout
+    p = max(1, int(round(prompt_s / lay.group_duration_s))) * lay.group_len
+    keep_groups = max(0, int(round(reply_s / lay.group_duration_s))
+                      - lead_groups(tokenizer.text_lead_s, lay))  # fmt: skip
+    rows, errors, words = [], 0.0, 0
+    for k, ids in enumerate(prompts):
+        reply = respond(model, tokenizer, codec, np.asarray(ids)[:p], reply_s,
+                        Sampling(seed=seed + k), stop_silence_s=None, decode=decode)
+        said = np.asarray(reply.ids[: keep_groups * lay.group_len], dtype=np.int64)
+        slots = said[lay.kinds(said.size) == TEXT_KIND]
+        written = tokenizer.sp.decode(
+            [int(i) for i in tokenizer.sp.encode(reply.lead_text)] +
+            [int(i) for i in slots if i != lay.text_pad_id])  # fmt: skip
+        heard = aligner.align([resample(reply.audio, MIMI_SAMPLE_RATE_HZ,
+                                        WHISPER_SAMPLE_RATE_HZ)])[0]  # fmt: skip
+        truth = [Word(" " + w, 0.0, 0.0) for w in written.split()]
+        wer = word_error_rate(heard, truth) if truth else float(bool(heard))
+        rows.append({"written": written, "heard": "".join(w.text for w in heard).strip(),
+                     "wer": wer})  # fmt: skip
+        errors += wer * max(1, len(truth))
+        words += max(1, len(truth))
+    return {"wer": errors / max(1, words), "replies": rows}
+
+
+# -- a whole run -------------------------------------------------------------------------------
+
+
+def run_checkpoints(run_dir: str | Path, which: str = "last") -> list[tuple[str, int, Path]]:
+    """``(name, step, dir)`` of the run's saved models in step order: ``all`` (every kept
+    checkpoint, and ``final`` unless a checkpoint holds the same step) or ``last``."""
+    run_dir = Path(run_dir)
+    found = []
+    for d in sorted((run_dir / "checkpoints").glob("step-*")):
+        if (d / "weights.pt").exists() and (d / "trainer.pt").exists():
+            found.append((d.name, int(d.name.split("-")[1]), d))
+    final = run_dir / "final"
+    if (final / "weights.pt").exists():
+        step = json.loads((final / "speechlm.json").read_text()).get("step", -1)
+        if not any(s == step for _, s, _ in found):
+            found.append(("final", step, final))
+        elif which == "last":
+            found = [f for f in found if f[1] != step] + [("final", step, final)]
+    found.sort(key=lambda f: (f[1], f[0] != "final"))
+    if which == "last":
+        return found[-1:]
+    if which != "all":
+        raise ValueError(f"checkpoints={which!r}: use all or last")
+    return found
+
+
+@dataclass
+class EvalResult:
+    rows: list[dict] = field(default_factory=list)  # every line of eval.jsonl
+
+    def table(self) -> str:
+        """One line per checkpoint and suite: its main numbers."""
+        lines = [f"{'checkpoint':14s} {'suite':12s} metrics"]
+        seen: dict[tuple, list[str]] = {}
+        for r in self.rows:
+            if "/" in r["metric"] or r["metric"].startswith("ppl"):
+                continue
+            value = f"{r['value']:.3f}" if r["metric"].startswith("loss") else \
+                f"{100 * r['value']:.1f}%" if r["metric"].startswith("acc") else \
+                f"{r['value']:.2f}"  # fmt: skip
+            short = r["metric"].replace("acc_", "").replace("loss_", "")
+            seen.setdefault((r["checkpoint"], r["suite"]), []).append(f"{short} {value}")
+        for (ckpt, suite), parts in seen.items():
+            lines.append(f"{ckpt:14s} {suite:12s} " + "  ".join(parts))
+        return "\n".join(lines)
+
+
+def read_eval(run_dir: str | Path) -> list[dict]:
+    return list(read_jsonl(Path(run_dir) / "eval.jsonl"))
+
+
+def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity", "demo"),
+                 checkpoints: str = "last", models=None, tokens_root: str | Path | None = None,
+                 device: str | None = None, limit: int | None = None,
+                 sources: dict | None = None, consistency_prompts: int = 4,
+                 max_batch_tokens: int | None = None, progress: bool = True) -> EvalResult:
+    """Evaluate ``run_dir`` on ``suites`` (``loss``, ``sanity``, ``consistency`` and the
+    likelihood suites of `SUITES`) for its ``checkpoints`` (``last`` or ``all``), appending to
+    ``RUN/eval.jsonl``. A (checkpoint, suite) already there is skipped; a suite stopped midway
+    resumes at its first unscored item. ``sources``: suite name -> local dataset directory (or
+    another hub id); ``limit``: the first items of each suite (or SALMon task) only."""
+    from .align import Aligner
+    from .codec import Codec
+    from .config import ModelsConfig, pick_device
+    from .train import load_run, run_models
+
+    run_dir = Path(run_dir)
+    device = device or pick_device()
+    meta = run_meta(run_dir)
+    models = run_models(run_dir, models or ModelsConfig.from_profile())
+    tokens_root = Path(tokens_root or meta.get("tokens_root") or models.data_dir / "tokens")
+    max_batch_tokens = max_batch_tokens or (32768 if device.startswith("cuda") else 4096)
+    eval_dir = run_dir / "eval"
+    done = {(r["checkpoint"], r["suite"]) for r in read_eval(run_dir)}
+    result = EvalResult(read_eval(run_dir))
+    wanted = list(suites)
+    unknown = [s for s in wanted if s not in SUITES and s not in ("loss", "sanity", "consistency")]
+    if unknown:
+        raise ValueError(f"unknown suite(s) {unknown}: choose from loss, sanity, consistency, "
+                         + ", ".join(SUITES))  # fmt: skip
+    chosen = run_checkpoints(run_dir, checkpoints)
+    if not chosen:
+        raise FileNotFoundError(f"{run_dir} has no saved model: train it first")
+    shared: dict = {}
+
+    def tools(aligner: bool):  # Mimi, and Whisper when needed, loaded once
+        if "codec" not in shared:
+            lay = shared["tokenizer"].layout
+            shared["codec"] = Codec.load(models, lay.num_codebooks, device)
+        if aligner and "aligner" not in shared:
+            shared["aligner"] = Aligner.load(models, device)
+        return shared["codec"], shared.get("aligner")
+
+    with JsonlWriter(run_dir / "eval.jsonl") as writer:
+        for name, step, path in chosen:
+            todo = [s for s in wanted if (name, s) not in done]
+            if not todo:
+                continue
+            model, tokenizer = load_run(run_dir, models, device, checkpoint=path)
+            shared["tokenizer"] = lay_tok = tokenizer
+            lay = lay_tok.layout
+            for suite in todo:
+                started = time.perf_counter()
+                if suite == "loss":
+                    windows = run_windows(run_dir, tokens_root, lay, "val")
+                    metrics = heldout_loss(model, lay, windows)
+                    n = metrics.pop("windows")
+                elif suite == "sanity":
+                    memorised = run_windows(run_dir, tokens_root, lay, "memorised")
+                    others = run_windows(run_dir, tokens_root, lay, "val")
+                    items, encoded = sanity_items(memorised, others, lay)
+                    lines = score_items(model, lay, encoded, items,
+                                        eval_dir / name / "sanity.jsonl", variants=("text",),
+                                        max_batch_tokens=max_batch_tokens, progress=progress)
+                    metrics, n = accuracies(lines), len(lines)
+                elif suite == "consistency":
+                    codec, aligner = tools(aligner=True)
+                    prompts = run_windows(run_dir, tokens_root, lay, "val")[:consistency_prompts]
+                    out = consistency(model, lay_tok, codec, aligner, prompts)
+                    metrics, n = {"wer": out["wer"]}, len(out["replies"])
+                    write_json_atomic(eval_dir / name / "consistency.json", out)
+                else:
+                    items = load_suite(suite, (sources or {}).get(suite), limit)
+                    # Whisper writes the text slots of clips without a transcript of their own
+                    untold = any(c.words is None for it in items for c in it.clips)
+                    codec, aligner = tools(aligner=untold)
+                    store = eval_dir / "encoded" / (suite + (f"-first{limit}" if limit else ""))
+                    encoded = EncodedSuite(store).build(items, codec, lay_tok, aligner, progress)
+                    lines = score_items(model, lay, encoded, items,
+                                        eval_dir / name / f"{suite}.jsonl",
+                                        max_batch_tokens=max_batch_tokens, progress=progress)
+                    metrics, n = accuracies(lines), len(lines)
+                seconds = time.perf_counter() - started
+                for metric, value in metrics.items():
+                    row = {"checkpoint": name, "step": step, "suite": suite, "metric": metric,
+                           "value": value, "n": n, "seconds": round(seconds, 2)}  # fmt: skip
+                    writer.write(row)
+                    result.rows.append(row)
+            del model
+    return result
