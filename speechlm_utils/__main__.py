@@ -198,9 +198,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if not where:
             raise SystemExit(f"--source {spec!r}: use SUITE=DIR (or SUITE=hub/id)")
         sources[name] = where
-    result = evaluate_run(args.run, args.suite or ["loss", "sanity", "consistency"],
-                          args.checkpoints, _models(args), args.tokens, limit=args.limit,
-                          sources=sources)  # fmt: skip
+    cfg = _config(config.EvalConfig, args, checkpoints=args.checkpoints, limit=args.limit)
+    result = evaluate_run(args.run, args.suite or cfg.suites, cfg.checkpoints, _models(args),
+                          args.tokens, limit=cfg.limit, sources=sources,
+                          consistency_prompts=cfg.consistency_prompts,
+                          max_batch_tokens=cfg.max_batch_tokens)  # fmt: skip
     print(result.table())
     print(f"results: {Path(args.run) / 'eval.jsonl'}")
 
@@ -332,9 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run-dir", "--run", dest="run", type=Path, required=True)
     ev.add_argument("--suite", action="append",
                     help="loss, sanity, consistency, swuggy, sblimp, sstorycloze, tstorycloze, "
-                         "salmon or demo; repeat for several (default: loss, sanity and "
-                         "consistency)")
-    ev.add_argument("--checkpoints", choices=("all", "last"), default="last")
+                         "salmon or demo; repeat for several (default: all of them but demo; "
+                         "tiny profile: loss, sanity, consistency and demo)")
+    ev.add_argument("--checkpoints", choices=("all", "last"),
+                    help="every kept checkpoint (the default) or the last")
     ev.add_argument("--tokens", type=Path,
                     help="the token root the run trained on (default: the one it recorded)")
     ev.add_argument("--limit", type=int, help="score only the first N items of each suite")

@@ -380,6 +380,23 @@ class ChatConfig(StageConfig):
     _tiny: ClassVar[dict] = {"max_response_s": 4.0}
 
 
+@dataclass
+class EvalConfig(StageConfig):
+    """Stage 07: what to evaluate a run on (`evaluate.evaluate_run`)."""
+
+    # loss, sanity and consistency come from the run's own data; the likelihood suites
+    # (evaluate.SUITES) are read from the Hugging Face hub with `datasets`
+    suites: tuple[str, ...] = ("loss", "sanity", "consistency", "swuggy", "sblimp",
+                               "sstorycloze", "tstorycloze", "salmon")  # fmt: skip
+    checkpoints: str = "all"  # all | last
+    limit: int | None = None  # the first N items of each suite (or SALMon task) only
+    consistency_prompts: int = 16  # validation prompts whose replies Whisper transcribes
+    max_batch_tokens: int | None = None  # per scoring forward; None: 32768 on a GPU, else 4096
+
+    _tiny: ClassVar[dict] = {"suites": ("loss", "sanity", "consistency", "demo"),
+                             "consistency_prompts": 2}  # fmt: skip
+
+
 def ffmpeg_choice() -> str | None:
     """``$SPEECHLM_FFMPEG``: ``system``, ``bundled`` (imageio-ffmpeg's) or an ffmpeg binary's
     path; None when unset (then the system one if present, else the bundled one)."""

@@ -142,26 +142,29 @@ SALMON_TASKS = ("bg_alignment", "bg_all_consistency", "bg_domain_consistency",
                 "gender_consistency", "rir_consistency", "sentiment_alignment",
                 "sentiment_consistency", "speaker_consistency")  # fmt: skip
 
+# The hub copies Llama-Mimi's evaluation reads (github.com/llm-jp/llama-mimi, eval/): sLM21's
+# sWUGGY and sBLIMP and the two StoryClozes under `speed/`, SALMon from its authors (slprl), one
+# config per task, 200 items each. Each row holds the right clip and the wrong one.
 SUITES: dict[str, Suite] = {
     s.name: s
     for s in [
-        Suite("swuggy", "slprl/sWUGGY", pair_adapter("positive", "negative"),
+        Suite("swuggy", "speed/sWUGGY", pair_adapter("positive", "negative"),
               audio_columns=("positive", "negative"),
               about="lexicon: a spoken word scores above a matched non-word"),
-        Suite("sblimp", "slprl/sBLIMP", pair_adapter("positive", "negative"),
+        Suite("sblimp", "speed/sBLIMP", pair_adapter("positive", "negative"),
               audio_columns=("positive", "negative"),
-              about="syntax: a grammatical sentence above its minimal ungrammatical pair"),
-        Suite("sstorycloze", "slprl/sStoryCloze", pair_adapter("correct", "incorrect"),
-              audio_columns=("correct", "incorrect"),
+              about="syntax: a grammatical sentence above its minimal ungrammatical twin"),
+        Suite("sstorycloze", "speed/sStoryCloze", pair_adapter("positive", "negative"),
+              audio_columns=("positive", "negative"),
               about="semantics: a story's right ending above a fine-grained wrong one"),
-        Suite("tstorycloze", "slprl/tStoryCloze", pair_adapter("correct", "incorrect"),
-              audio_columns=("correct", "incorrect"),
-              about="semantics: the right ending above a random, topically wrong one"),
-        Suite("salmon", "slprl/SALMon", pair_adapter("positive", "negative"), SALMON_TASKS,
+        Suite("tstorycloze", "speed/tStoryCloze", pair_adapter("positive", "negative"),
               audio_columns=("positive", "negative"),
+              about="semantics: the right ending above a random, topically wrong one"),
+        Suite("salmon", "slprl/SALMon", pair_adapter("positive_audio", "negative_audio"),
+              SALMON_TASKS, audio_columns=("positive_audio", "negative_audio"),
               about="acoustics: consistent speaker, sentiment, background, room"),
-        Suite("demo", "data/eval/demo_suite", pair_adapter("correct", "incorrect"),
-              audio_columns=("correct", "incorrect"),
+        Suite("demo", "data/eval/demo_suite", pair_adapter("positive", "negative"),
+              audio_columns=("positive", "negative"),
               about="offline: the demo voices saying right and wrong words, grammar, endings"),
     ]
 }
@@ -305,17 +308,47 @@ class EncodedSuite:
 # -- scoring --------------------------------------------------------------------------------------
 
 
+def audio_logprobs(core, weight: torch.Tensor, layout: TokenLayout,
+                    ids: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """``logp[B, L-1]``: the log-probability of each next token of ``ids[B, L]`` (starting at a
+    group boundary) over the ids its position allows; NaN where the target is a text slot."""
+    hidden = core(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
+    kinds = layout.kinds(ids.shape[1])[1:]
+    targets = ids[:, 1:]
+    out = torch.full(targets.shape, float("nan"), device=ids.device)
+    for kind in range(1, layout.num_codebooks + 1):
+        cols = torch.from_numpy(np.flatnonzero(kinds == kind)).to(ids.device)
+        if cols.numel() == 0:
+            continue
+        lo, hi = layout.id_range(kind)
+        logits = (hidden[:, cols] @ weight[lo:hi].T.to(hidden.dtype)).float()
+        tgt = (targets[:, cols] - lo).clamp(0, hi - lo - 1)
+        out[:, cols] = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    return out
+
+
+@torch.no_grad()
+def token_logprobs(model, layout: TokenLayout, ids) -> np.ndarray:
+    """One clip's ``[N]`` log-probability per audio token (NaN at text slots and position 0)."""
+    from .model import core_model, output_weight
+
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(np.asarray(ids), dtype=torch.long, device=device)[None]
+    logp = audio_logprobs(core_model(model), output_weight(model), layout, ids)[0]
+    return np.concatenate([[np.nan], logp.cpu().numpy()])
+
+
 @torch.no_grad()
 def clip_logprobs(model, layout: TokenLayout, clips: list[np.ndarray],
                   max_batch_tokens: int = 8192, progress: bool = False) -> np.ndarray:  # fmt: skip
     """Summed log-likelihood of each clip's audio tokens under ``model``, each target's
     softmax over the ids its position allows (as in training and generation).
 
-    ``clips``: token ids, each starting at a group boundary. Clips are sorted by length and
-    batched up to ``max_batch_tokens``, right-padded: attention is causal, so the padding after
-    a clip never reaches its positions, and no clip's score depends on its batch-mates (up to
-    float rounding). Returns ``[N, 4]`` float64: semantic sum, semantic count, all-codebook sum,
-    all-codebook count.
+    ``clips``: token ids, each starting at a group boundary (`audio_logprobs`). Clips are
+    sorted by length and batched up to ``max_batch_tokens``, right-padded: attention is
+    causal, so the padding after a clip never reaches its positions, and no clip's score
+    depends on its batch-mates (up to float rounding). Returns ``[N, 4]`` float64: semantic
+    sum, semantic count, all-codebook sum, all-codebook count.
     """
     from tqdm.auto import tqdm
 
@@ -341,28 +374,12 @@ def clip_logprobs(model, layout: TokenLayout, clips: list[np.ndarray],
         for row, i in enumerate(batch):
             ids[row, : len(clips[i])] = torch.as_tensor(clips[i])
             valid[row, : len(clips[i])] = True
-        ids, valid = ids.to(device), valid.to(device)
-        hidden = core(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
-        kinds = layout.kinds(length)[1:]
-        targets, valid = ids[:, 1:], valid[:, 1:]
-        sums = torch.zeros(len(batch), 4, dtype=torch.float64, device=device)
-        for kind in range(1, layout.num_codebooks + 1):
-            cols = torch.from_numpy(np.flatnonzero(kinds == kind)).to(device)
-            if cols.numel() == 0:
-                continue
-            lo, hi = layout.id_range(kind)
-            logits = (hidden[:, cols] @ weight[lo:hi].T.to(hidden.dtype)).float()
-            tgt = (targets[:, cols] - lo).clamp(0, hi - lo - 1)
-            logp = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-            ok = valid[:, cols]
-            summed = torch.where(ok, logp, 0.0).sum(-1).double()
-            counted = ok.sum(-1).double()
-            sums[:, 2] += summed
-            sums[:, 3] += counted
-            if kind == 1:
-                sums[:, 0] += summed
-                sums[:, 1] += counted
-        out[batch] = sums.cpu().numpy()
+        logp = audio_logprobs(core, weight, layout, ids.to(device)).double().cpu()
+        scored = valid[:, 1:] & ~logp.isnan()
+        logp = torch.where(scored, logp, 0.0)
+        semantic = torch.from_numpy(layout.kinds(length)[1:] == 1) & scored
+        out[batch] = torch.stack([(logp * semantic).sum(-1), semantic.sum(-1),
+                                  logp.sum(-1), scored.sum(-1)], -1).numpy()  # fmt: skip
     return out
 
 
@@ -408,6 +425,12 @@ def score_items(model, layout: TokenLayout, encoded: list[list[np.ndarray]], ite
             bar.update(len(part))
     bar.close()
     return [done[it.id] for it in items]
+
+
+def chance_level(lines: list[dict]) -> float:
+    """The accuracy of a blind guess over ``lines``: the mean of 1 / clips per item."""
+    sizes = [len(next(r[v] for v in VARIANTS if v in r)["semantic"]["means"]) for r in lines]
+    return float(np.mean([1 / n for n in sizes])) if sizes else float("nan")
 
 
 def accuracies(lines: list[dict]) -> dict[str, float]:
@@ -699,10 +722,131 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
                                         max_batch_tokens=max_batch_tokens, progress=progress)
                     metrics, n = accuracies(lines), len(lines)
                 seconds = time.perf_counter() - started
+                extra = {"chance": chance_level(lines)} if suite not in ("loss", "consistency") \
+                    else {}  # fmt: skip
                 for metric, value in metrics.items():
                     row = {"checkpoint": name, "step": step, "suite": suite, "metric": metric,
-                           "value": value, "n": n, "seconds": round(seconds, 2)}  # fmt: skip
+                           "value": value, "n": n, **extra, "seconds": round(seconds, 2)}
                     writer.write(row)
                     result.rows.append(row)
             del model
     return result
+
+
+def explain_item(model, tokenizer: SpeechTokenizer, codec, item: Item, aligner=None) -> dict:
+    """One item laid open: each clip's words, token ids, log-probability per audio token and
+    mean over the semantic codebook and over all codebooks, with the text slots as trained
+    and all ``TEXT_PAD``; and the verdicts `score_items` would give."""
+    lay = tokenizer.layout
+    encoded = encode_clips(item.clips, codec, tokenizer, aligner)
+    out = {"id": item.id, "subset": item.subset, "correct": item.correct, "clips": []}
+    for clip, ids in zip(item.clips, encoded):
+        row = {"words": " ".join(w.text.strip() for w in clip.words or []), "ids": ids}
+        for variant in VARIANTS:
+            seq = ids if variant == "text" else speech_only(ids, lay)
+            logp = token_logprobs(model, lay, seq)
+            kinds = lay.kinds(seq.size)
+            row[variant] = {"logp": logp,
+                            "semantic": float(np.nanmean(np.where(kinds == 1, logp, np.nan))),
+                            "all": float(np.nanmean(logp))}  # fmt: skip
+        out["clips"].append(row)
+    for variant in VARIANTS:
+        means = [[c[variant][span] for span in SPANS] for c in out["clips"]]
+        out[variant] = {span: item.correct == int(np.argmax([m[k] for m in means]))
+                        for k, span in enumerate(SPANS)}  # fmt: skip
+    return out
+
+
+def pivot(rows: list[dict], suite: str, metrics: Iterable[str] | None = None) -> list[dict]:
+    """A table of one suite: a row per checkpoint, a column per metric (accuracies in %)."""
+    table: dict[str, dict] = {}
+    for r in rows:
+        if r["suite"] != suite or (metrics and r["metric"] not in metrics):
+            continue
+        row = table.setdefault(r["checkpoint"], {"checkpoint": r["checkpoint"], "step": r["step"]})
+        acc = r["metric"].startswith("acc_")
+        row[r["metric"].removeprefix("acc_")] = round(100 * r["value"], 1) if acc else r["value"]
+    return sorted(table.values(), key=lambda row: row["step"])
+
+
+def read_consistency(run_dir: str | Path, checkpoint: str | None = None) -> dict:
+    """The replies `consistency` wrote for ``checkpoint`` (default the latest one evaluated):
+    ``{"wer", "replies": [{"written", "heard", "wer"}]}``."""
+    rows = [r for r in read_eval(run_dir) if r["suite"] == "consistency"]
+    if checkpoint is None and rows:
+        checkpoint = max(rows, key=lambda r: r["step"])["checkpoint"]
+    path = Path(run_dir) / "eval" / str(checkpoint) / "consistency.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: evaluate the run with the consistency suite first")
+    return json.loads(path.read_text())
+
+
+# -- published numbers, and what the full suites cost ---------------------------------------------
+
+SLAM_MD = "slp-rl/slamkit docs/SLAM.md (results of the Slam paper, arXiv 2502.15814)"
+SALMON_README = "slp-rl/salmon README (leaderboard; SALMon, ICASSP 2025)"
+# Accuracy (%) as published; SALMon as the mean of its 8 tasks' published accuracies (computed
+# here). Protocols differ between papers (mean or summed log-likelihood, which tokens count,
+# ties), so a few points are noise; no primary source had sWUGGY for these models.
+REFERENCE_SCORES: list[dict] = [
+    {"model": "GSLM (100M)", "sblimp": 54.2, "sstorycloze": 53.3, "tstorycloze": 66.6,
+     "source": SLAM_MD},
+    {"model": "TWIST-7B", "sblimp": 59.0, "sstorycloze": 55.3, "tstorycloze": 74.1,
+     "salmon": 60.75, "source": f"{SLAM_MD}; SALMon: {SALMON_README}"},
+    {"model": "SpiritLM 7B, speech only", "sblimp": 58.0, "sstorycloze": 54.8,
+     "tstorycloze": 72.9, "salmon": 56.75, "source": f"{SLAM_MD}; SALMon: {SALMON_README}"},
+    {"model": "SpiritLM 7B, with text", "sblimp": 58.3, "sstorycloze": 61.0,
+     "tstorycloze": 82.9, "source": SLAM_MD},
+    {"model": "Moshi 7B, speech only", "sblimp": 58.9, "sstorycloze": 58.7, "tstorycloze": 81.8,
+     "source": SLAM_MD},
+    {"model": "Moshi 7B, with text", "sblimp": 58.8, "sstorycloze": 60.8, "tstorycloze": 83.0,
+     "source": SLAM_MD},
+    {"model": "Slam (358M)", "sblimp": 58.86, "sstorycloze": 58.04, "tstorycloze": 82.04,
+     "source": SLAM_MD},
+]  # fmt: skip
+REFERENCE_SUITES = ("swuggy", "sblimp", "sstorycloze", "tstorycloze", "salmon")
+
+
+def reference_rows(rows: list[dict], variant: str = "text", span: str = "semantic") -> list[dict]:
+    """`REFERENCE_SCORES`, then this run's last evaluated checkpoint on the same suites
+    (``acc_<variant>_<span>``, in %; a suite it was not scored on is left empty)."""
+    out = [dict(r) for r in REFERENCE_SCORES]
+    mine = [r for r in rows if r["metric"] == f"acc_{variant}_{span}"
+            and r["suite"] in REFERENCE_SUITES]  # fmt: skip
+    if mine:
+        last = max(r["step"] for r in mine)
+        row = {"model": f"this run, step {last} ({variant} slots, {span})", "source": "eval.jsonl"}
+        for r in mine:
+            if r["step"] == last:
+                row[r["suite"]] = round(100 * r["value"], 1)
+        out.append(row)
+    columns = ("model", *REFERENCE_SUITES, "source")
+    return [{c: r.get(c) for c in columns} for r in out]
+
+
+# Items per suite as the hub copies state them (sBLIMP: its dataset card; SALMon: 8 tasks x
+# 200; the StoryClozes: the 1,871 stories of the text test set they speak); sWUGGY's size was
+# not stated where we could read it. Clip lengths are our assumptions, not measurements.
+SUITE_SIZES = {"swuggy": (None, 1.0), "sblimp": (25_200, 2.8), "sstorycloze": (1_871, 18.0),
+               "tstorycloze": (1_871, 18.0), "salmon": (1_600, 6.0)}  # fmt: skip
+
+
+def suite_cost_plan(mfu: float = 0.4, per_items: int = 1000) -> list[dict]:
+    """GPU minutes to score each full suite with 7B (both variants, two clips an item), from
+    FLOPs: a forward costs 2N per token, at ``mfu`` of the GPU's dense bf16 peak. sWUGGY, whose
+    size we do not know, per ``per_items`` items. Mimi and Whisper encode each clip once more
+    (not included; stage 03's rates apply)."""
+    from .train import GPU_BF16_TFLOPS, MISTRAL_7B, mistral_params
+
+    counts = mistral_params(vocab=40256, **MISTRAL_7B)
+    flops_per_token = 2 * counts["layers"]  # the output layer: one codebook's rows, ~2 %
+    rows = []
+    for suite, (items, clip_s) in SUITE_SIZES.items():
+        n = items or per_items
+        tokens = n * 2 * len(VARIANTS) * clip_s * 55.0
+        row = {"suite": suite if items else f"{suite} (per {per_items} items)", "items": n,
+               "clip_s (assumed)": clip_s, "tokens (M)": round(tokens / 1e6, 1)}  # fmt: skip
+        for gpu, tflops in GPU_BF16_TFLOPS.items():
+            row[f"{gpu} min"] = round(tokens * flops_per_token / (tflops * 1e12 * mfu) / 60, 1)
+        rows.append(row)
+    return rows

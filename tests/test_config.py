@@ -5,6 +5,7 @@ import pytest
 from speechlm_utils import config
 from speechlm_utils.config import (
     ChatConfig,
+    EvalConfig,
     IndexConfig,
     ModelsConfig,
     ScrapeConfig,
@@ -13,7 +14,8 @@ from speechlm_utils.config import (
     TrainConfig,
 )
 
-STAGE_CONFIGS = [ModelsConfig, IndexConfig, ScrapeConfig, TokenizeConfig, TrainConfig, ChatConfig]
+STAGE_CONFIGS = [ModelsConfig, IndexConfig, ScrapeConfig, TokenizeConfig, TrainConfig, ChatConfig,
+                 EvalConfig]
 
 
 @pytest.mark.parametrize("value", ["tiny", "full", "TINY", " full "])

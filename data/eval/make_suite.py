@@ -7,10 +7,11 @@ tiny demo run trained on against the same words in another order. Words are synt
 by one with espeak-ng exactly as the demo episodes were (`data/demo/make_demo.py`), so every
 word's time is known; the transcripts go beside the audio, as the tiny profile's sidecar text.
 
-Stored in a Hugging Face `datasets` schema (parquet: ``id``, ``subset``, ``correct`` and
-``incorrect`` audio as Opus bytes, ``correct_words`` and ``incorrect_words`` as JSON), so it
-loads through the same adapter as the hub suites. Needs espeak-ng only to regenerate; the
-output (under 1 MB) is committed.
+Stored in the schema of the hub's sLM21 suites (``speed/sBLIMP``: ``id``, ``positive`` and
+``negative`` audio, here as Opus bytes, ``positive_transcription`` and
+``negative_transcription``), plus ``subset`` and the timed words as JSON (``positive_words``,
+``negative_words``), so it loads through the same adapter as the hub suites. Needs espeak-ng
+only to regenerate; the output (under 1 MB) is committed.
 
     python data/eval/make_suite.py     # writes data/eval/demo_suite/test.parquet
 """
@@ -109,19 +110,21 @@ def main() -> None:
 
     if shutil.which("espeak-ng") is None:
         sys.exit("espeak-ng is needed to regenerate the suite: apt-get install espeak-ng")
-    rows = {k: [] for k in ("id", "subset", "correct", "incorrect", "correct_words",
-                            "incorrect_words")}  # fmt: skip
+    columns = ("id", "subset", "positive", "negative", "positive_transcription",
+               "negative_transcription", "positive_words", "negative_words")
+    rows = {k: [] for k in columns}
     with tempfile.TemporaryDirectory() as tmp:
         for n, (subset, voice, right, wrong) in enumerate(PAIRS):
             rows["id"].append(f"{subset}-{n:03d}")
             rows["subset"].append(subset)
-            for col, text in (("correct", right), ("incorrect", wrong)):
+            for col, text in (("positive", right), ("negative", wrong)):
                 audio, words = speak(text, voice, Path(tmp))
                 name = f"{rows['id'][-1]}-{col}.ogg"
                 rows[col].append({"bytes": opus_bytes(audio), "path": name})
                 rows[f"{col}_words"].append(json.dumps(words))
+                rows[f"{col}_transcription"].append(text)
     data = datasets.Dataset.from_dict(rows)
-    for col in ("correct", "incorrect"):
+    for col in ("positive", "negative"):
         data = data.cast_column(col, datasets.Audio(decode=False))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()

@@ -1,0 +1,177 @@
+"""Stage 07: likelihood scoring, the suites' adapters, the sanity suite and resuming."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from speechlm_utils import evaluate
+from speechlm_utils.config import TrainConfig
+from speechlm_utils.model import build_speech_lm
+from speechlm_utils.tokenizer import SpeechTokenizer
+
+
+@pytest.fixture(scope="module")
+def tok(text_tokenizer):
+    return SpeechTokenizer(text_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_models, tok):
+    torch.manual_seed(0)
+    return build_speech_lm(tiny_models, tok.layout).eval()
+
+
+def clip(tok, groups, seed, text=True):
+    """A clip's ids: random codes, and a few words in its text slots."""
+    codes = np.random.default_rng(seed).integers(0, 2048, (4, groups * 5))
+    from speechlm_utils.words import Word
+
+    words = [Word(" hello", 0.1, 0.4), Word(" world", 0.5, 0.9)] if text else []
+    return tok.encode(codes, words).ids
+
+
+def test_a_clips_score_is_its_audio_tokens_log_likelihood_by_hand(lm, tok):
+    lay = tok.layout
+    ids = clip(tok, 3, seed=1)
+    got = evaluate.clip_logprobs(lm, lay, [ids])[0]
+    with torch.no_grad():  # transformers' own logits over the whole vocabulary
+        logits = lm(torch.as_tensor(ids)[None]).logits[0].double()
+    kinds = lay.kinds(ids.size)
+    sem = total = 0.0
+    n_sem = n_all = 0
+    for p in range(1, ids.size):
+        if kinds[p] == 0:
+            continue  # text slots are context, not scored
+        lo, hi = lay.id_range(int(kinds[p]))
+        logp = logits[p - 1, lo:hi].log_softmax(-1)[ids[p] - lo].item()
+        total, n_all = total + logp, n_all + 1
+        if kinds[p] == 1:
+            sem, n_sem = sem + logp, n_sem + 1
+    assert (n_sem, n_all) == (15, 60)
+    np.testing.assert_allclose(got, [sem, n_sem, total, n_all], rtol=1e-5)
+
+
+def test_batch_composition_never_changes_a_clips_score(lm, tok):
+    clips = [clip(tok, g, seed=g) for g in (1, 4, 2, 6, 3)]
+    alone = np.concatenate([evaluate.clip_logprobs(lm, tok.layout, [c]) for c in clips])
+    for budget in (22 * 6, 22 * 12, 10_000):
+        together = evaluate.clip_logprobs(lm, tok.layout, clips, max_batch_tokens=budget)
+        np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-4)
+
+
+def test_an_item_is_right_only_when_its_right_clip_scores_highest():
+    scores = np.array([[-2.0, 10, -30.0, 40], [-3.0, 10, -20.0, 40]])  # sums and counts
+    verdict = evaluate.item_verdicts(scores, correct=0)
+    assert verdict["semantic"]["right"] and not verdict["all"]["right"]
+    assert verdict["semantic"]["means"] == [-0.2, -0.3]
+    tie = evaluate.item_verdicts(np.array([[-1.0, 1, -1.0, 1]] * 2), correct=0)
+    assert not tie["semantic"]["right"]  # a tie is not a win
+
+
+def test_speech_only_pads_every_text_slot_and_keeps_the_audio(tok):
+    ids = clip(tok, 3, seed=2)
+    lay = tok.layout
+    out = evaluate.speech_only(ids, lay)
+    text = lay.kinds(ids.size) == 0
+    assert (out[text] == lay.text_pad_id).all() and (ids[text] != lay.text_pad_id).any()
+    assert (out[~text] == ids[~text]).all()
+
+
+def _audio_cell(seconds, freq, rate=16_000):
+    import io
+
+    import soundfile as sf
+
+    t = np.arange(int(seconds * rate)) / rate
+    buf = io.BytesIO()
+    sf.write(buf, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, format="WAV")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def test_a_suite_saved_in_the_hub_schema_loads_through_the_hub_adapter(tmp_path, monkeypatch):
+    import datasets
+
+    rows = {"id": ["a", "b"], "positive": [_audio_cell(1.0, 220), _audio_cell(0.5, 330)],
+            "negative": [_audio_cell(0.8, 440), _audio_cell(0.6, 550)],
+            "positive_transcription": ["x", "y"], "negative_transcription": ["z", "w"]}
+    data = datasets.Dataset.from_dict(rows)  # sLM21's schema on the hub (speed/sBLIMP)
+    for col in ("positive", "negative"):
+        data = data.cast_column(col, datasets.Audio(sampling_rate=16_000))
+    data.save_to_disk(str(tmp_path / "local"))
+    local = evaluate.load_suite("sblimp", tmp_path / "local")
+    asked = []
+
+    def hub(name, subset=None, split=None):  # what the hub would serve: the same table
+        asked.append((name, subset, split))
+        return datasets.load_from_disk(str(tmp_path / "local"))
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    remote = evaluate.load_suite("sblimp")
+    assert asked == [("speed/sBLIMP", None, "train")]
+    for items in (local, remote):
+        assert [it.id for it in items] == ["a", "b"] and all(it.correct == 0 for it in items)
+        wav = items[0].clips[0].load(24_000)  # decoded and resampled by ffmpeg
+        assert abs(wav.size - 24_000) <= 1 and abs(np.abs(wav).max() - 0.3) < 0.02
+        assert items[1].clips[1].load(24_000).size == pytest.approx(0.6 * 24_000, abs=1)
+
+
+def test_the_demo_suite_ships_with_its_transcripts():
+    items = evaluate.load_suite("demo")
+    assert len(items) >= 20 and {it.subset for it in items} >= {"lexical", "syntax", "story"}
+    assert sum(p.stat().st_size for p in evaluate.demo_suite_dir().rglob("*")) < 1_000_000
+    first = items[0].clips[0]
+    assert first.words and first.words[0].start_s == pytest.approx(0.3)
+
+
+def test_scoring_resumes_where_it_stopped(lm, tok, tmp_path, monkeypatch):
+    items = [evaluate.Item(f"i{k}", [evaluate.Clip(b"")] * 2) for k in range(5)]
+    encoded = [[clip(tok, 2, seed=10 + k), clip(tok, 2, seed=20 + k)] for k in range(5)]
+    out = tmp_path / "suite.jsonl"
+    once = evaluate.score_items(lm, tok.layout, encoded, items, tmp_path / "once.jsonl",
+                                batch_items=2, progress=False)  # fmt: skip
+    real, calls = evaluate.clip_logprobs, []
+
+    def stop_after_two_batches(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 4:  # two variants per batch
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "clip_logprobs", stop_after_two_batches)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.score_items(lm, tok.layout, encoded, items, out, batch_items=2, progress=False)
+    assert len(list(evaluate.read_jsonl(out))) == 4
+    calls.clear()
+    monkeypatch.setattr(evaluate, "clip_logprobs", real)
+    again = evaluate.score_items(lm, tok.layout, encoded, items, out, batch_items=2,
+                                 progress=False)  # fmt: skip
+    assert again == once and len(list(evaluate.read_jsonl(out))) == 5
+
+
+def test_the_demo_run_passes_its_sanity_suite_and_evaluation_resumes(tiny_models, tmp_path):
+    from speechlm_utils.config import TokenizeConfig
+    from speechlm_utils.preprocess import ensure_tokens
+    from speechlm_utils.train import ensure_run, notebook_run_dir
+
+    cfg = TrainConfig.from_profile("tiny")
+    trained = ensure_run(cfg, tiny_models, notebook_run_dir(cfg))
+    tokens = ensure_tokens(TokenizeConfig.from_profile("tiny"), tiny_models)
+    run = tmp_path / "run"  # a copy: the notebooks' run stays as they left it
+    run.mkdir()
+    shutil.copy(trained / "run.json", run / "run.json")
+    shutil.copytree(trained / "final", run / "final")
+    result = evaluate.evaluate_run(run, ["sanity", "loss"], tokens_root=tokens,
+                                   models=tiny_models, progress=False)  # fmt: skip
+    got = {r["metric"]: r["value"] for r in result.rows if r["suite"] == "sanity"}
+    assert got["acc_text_semantic"] == 1.0 and got["acc_text_all"] == 1.0
+    loss = {r["metric"]: r["value"] for r in result.rows if r["suite"] == "loss"}
+    assert set(loss) >= {"loss_text", "loss_pad", "loss_semantic", "loss_acoustic"}
+    assert loss["ppl_semantic"] == pytest.approx(np.exp(loss["loss_semantic"]))
+    lines = (run / "eval.jsonl").read_text().splitlines()
+    again = evaluate.evaluate_run(run, ["sanity", "loss"], tokens_root=tokens,
+                                  models=tiny_models, progress=False)  # fmt: skip
+    assert (run / "eval.jsonl").read_text().splitlines() == lines  # nothing run twice
+    assert again.rows == [json.loads(x) for x in lines]
