@@ -60,8 +60,9 @@ def serve_directory(folder: str | Path, port: int = 0) -> Iterator[str]:
 
 
 def sample_catalog(terms: list[str], per_term: int = 30, seed: int = 0) -> dict[str, list[dict]]:
-    """Made-up search results for `FakeYouTube`: mostly long videos, some shorts, live
-    streams, premieres, music and malformed items, and overlaps between terms."""
+    """Made-up search results for `FakeYouTube`: mostly long videos, some shorts (under a
+    minute), live streams and premieres (no duration), music and malformed items, and overlaps
+    between terms."""
     import random
 
     rng = random.Random(seed)
@@ -75,6 +76,13 @@ def sample_catalog(terms: list[str], per_term: int = 30, seed: int = 0) -> dict[
                     "duration_s": rng.lognormvariate(8.0, 0.8), "views": rng.randrange(10**6)}
             if roll < 0.05:
                 spec["kind"] = rng.choice(["short", "live", "upcoming", "malformed"])
+                # durations as each kind has them: a short lasts under a minute (the draw
+                # folded into 15-60 s: no extra draw, so the rest of the catalog is unchanged),
+                # a live stream or an upcoming premiere has none yet
+                if spec["kind"] == "short":
+                    spec["duration_s"] = 15.0 + spec["duration_s"] % 45.0
+                elif spec["kind"] in ("live", "upcoming"):
+                    spec["duration_s"] = None
             elif roll < 0.08:
                 spec["title"] += " (music mix)"
             elif roll < 0.15 and t:

@@ -10,7 +10,7 @@ import pytest
 
 from speechlm_utils import index
 from speechlm_utils.config import IndexConfig
-from speechlm_utils.local_server import FakeYouTube, render_video, serve_directory
+from speechlm_utils.local_server import FakeYouTube, render_video, sample_catalog, serve_directory
 from speechlm_utils.manifest import read_jsonl
 
 from .conftest import DEMO_DIR, REPO
@@ -284,3 +284,16 @@ def test_offline_search_demo_reaches_its_rate_limit():
     assert limited["max_per_s"] <= 11 < fast["max_per_s"]  # held to the limit, which it hit
     assert limited["waited_s"] > fast["waited_s"]
     assert limited["entries"] and limited["rejected"]  # the filter kept some, rejected some
+
+
+def test_sample_catalog_durations_match_what_each_item_claims():
+    specs = [s for specs in sample_catalog([f"term {i}" for i in range(40)]).values()
+             for s in specs]  # fmt: skip
+    by_kind = {}
+    for spec in specs:
+        by_kind.setdefault(spec.get("kind", "video"), []).append(spec["duration_s"])
+    assert {"short", "live", "upcoming"} <= by_kind.keys()
+    assert all(15 <= d <= 60 for d in by_kind["short"])  # a short is short
+    assert by_kind["live"] + by_kind["upcoming"] == [None] * (len(by_kind["live"])
+                                                              + len(by_kind["upcoming"]))
+    assert sorted(by_kind["video"])[len(by_kind["video"]) // 2] > 30 * 60  # mostly long
