@@ -1,8 +1,9 @@
 """Mimi, kyutai's neural audio codec: 24 kHz audio <-> 12.5 frames/s of discrete codes.
 
-Mimi compresses each 80 ms frame with a residual vector quantizer (RVQ): codebook 0 holds the
-*semantic* code (distilled from a speech model), codebooks 1..7 refine the *acoustic* detail,
-each one quantizing what the previous ones left over. We keep the first K (default 4).
+Mimi compresses each 80 ms frame with a split residual vector quantizer (RVQ): codebook 0 holds
+the *semantic* code (distilled from a speech model, a quantizer of its own), codebooks 1..7 the
+*acoustic* detail, each one quantizing what the previous ones left over (`rvq_residuals`
+measures it); the decoder sums both. We keep the first K (default 4).
 
 Mimi is causal, so a long recording is encoded as a stream: `StreamEncoder` feeds it 400 ms
 (one group of frames) at a time with Mimi's streaming state carried over, several recordings
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -145,3 +147,50 @@ class StreamEncoder:
             mask = torch.zeros(self.batch_size, dtype=torch.bool)
             mask[lanes] = True
             self.codec.mimi.reset_streaming(mask)
+
+
+@dataclass
+class RVQResiduals:
+    """What Mimi's quantizer leaves of one recording's latent, for K = 1, 2, ... codebooks."""
+
+    codebooks: list[int]  # K = 1 .. max_codebooks
+    latent: list[float]  # ||z - z_hat_K|| / ||z||: how far the decoder's input is from z
+    acoustic: list[float]  # the acoustic RVQ's residual after codebooks 1..K-1 (1.0 at K = 1)
+    semantic: float  # codebook 0's residual of its own input (a one-level quantizer of its own)
+
+
+@torch.no_grad()
+def rvq_residuals(codec: Codec, wav: np.ndarray,
+                  max_codebooks: int = MAX_CODEBOOKS) -> RVQResiduals:  # fmt: skip
+    """Quantize a ``[T]`` 24 kHz waveform's latent ``z[1, 512, F]`` with 1..``max_codebooks``
+    codebooks through Mimi's own quantizer modules, and measure what each K leaves.
+
+    Mimi's quantizer is split: codebook 0 quantizes its own projection of z (semantic), and
+    codebooks 1.. are a residual VQ over another projection: each picks the code nearest to
+    what the ones before it left. The decoder gets back the sum of both halves, projected.
+    """
+    first, rest = codec.mimi.quantizer.rvq_first, codec.mimi.quantizer.rvq_rest
+    if not 1 <= max_codebooks <= 1 + len(rest.vq.layers):
+        raise ValueError(f"max_codebooks must be 1..{1 + len(rest.vq.layers)}, got {max_codebooks}")
+    x = torch.as_tensor(np.asarray(wav, dtype=np.float32)).reshape(1, 1, -1).to(codec.device)
+    z = codec.mimi.encode_to_latent(x, quantize=False)  # [1, 512, F], before quantization
+    sem_in = first.input_proj(z)
+    sem_q = first.vq.layers[0].decode(first.vq.layers[0].encode(sem_in))
+    out = RVQResiduals([], [], [], _relative(sem_in - sem_q, sem_in))
+    residual = acoustic_in = rest.input_proj(z)  # [1, 256, F]
+    acoustic_q = torch.zeros_like(acoustic_in)
+    for k in range(max_codebooks):
+        if k:  # one residual step: quantize what is left, take it away
+            layer = rest.vq.layers[k - 1]
+            step = layer.decode(layer.encode(residual))
+            residual, acoustic_q = residual - step, acoustic_q + step
+        z_hat = first.output_proj(sem_q) + (rest.output_proj(acoustic_q) if k else 0)
+        out.codebooks.append(k + 1)
+        out.latent.append(_relative(z - z_hat, z))
+        out.acoustic.append(_relative(residual, acoustic_in))
+    return out
+
+
+def _relative(diff: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||diff|| / ||ref||`` as a float."""
+    return float(diff.norm() / ref.norm().clamp_min(1e-12))

@@ -236,12 +236,14 @@ def plot_group_layout(layout, groups: int = 2):
 
     n = layout.group_len * groups
     kinds = layout.kinds(n)
-    fig, ax = plt.subplots(figsize=(min(16, 0.32 * n + 1), 1.9))
+    # narrow enough that a notebook shows it near full size, so the cell labels stay readable
+    fig, ax = plt.subplots(figsize=(min(14, 0.28 * n + 1), 2.3))
     for pos, kind in enumerate(kinds):
         ax.add_patch(plt.Rectangle((pos, 0), 0.95, 1, color=kind_color(int(kind))))
         frame = (pos % layout.group_len - layout.text_slots_per_group) // layout.num_codebooks
         label = "T" if kind == 0 else f"f{frame}\nc{kind - 1}"
-        ax.text(pos + 0.47, 0.5, label, ha="center", va="center", fontsize=6, color="white")
+        ax.text(pos + 0.47, 0.5, label, ha="center", va="center", fontsize=9, color="white",
+                fontweight="bold")  # fmt: skip
     for g in range(groups + 1):
         ax.axvline(g * layout.group_len - 0.03, color="black", lw=1.5)
     ax.set_xlim(-0.2, n + 0.2)
@@ -249,10 +251,36 @@ def plot_group_layout(layout, groups: int = 2):
     ax.set_yticks([])
     ax.set_xticks(np.arange(groups) * layout.group_len + layout.group_len / 2,
                   [f"group {g}: {g * layout.group_duration_s:.1f}-"
-                   f"{(g + 1) * layout.group_duration_s:.1f} s" for g in range(groups)])
+                   f"{(g + 1) * layout.group_duration_s:.1f} s" for g in range(groups)],
+                  fontsize=11)  # fmt: skip
     ax.set_title(f"{layout.text_slots_per_group} text slots (T), then {layout.frames_per_group} "
-                 f"frames x {layout.num_codebooks} codebooks: {layout.group_len} tokens per "
-                 f"{layout.group_duration_s * 1000:.0f} ms = {layout.tokens_per_s:g} tokens/s")
+                 f"frames (f) x {layout.num_codebooks} codebooks (c): {layout.group_len} tokens "
+                 f"per {layout.group_duration_s * 1000:.0f} ms = {layout.tokens_per_s:g} tokens/s",
+                 fontsize=11)  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def plot_rvq_residuals(res, kept: int | None = None, note: str = ""):
+    """What Mimi's quantizer leaves against the number of codebooks K (`codec.rvq_residuals`):
+    the acoustic RVQ's own residual and the latent's, one point per K; ``kept`` marks the K
+    the tokens use, ``note`` goes under the title (e.g. that the weights are random)."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    ax.plot(res.codebooks, res.acoustic, "o-", color=kind_color(2),
+            label="acoustic RVQ: what codebooks 1..K-1 leave of their input")  # fmt: skip
+    ax.plot(res.codebooks, res.latent, "s--", color="black",
+            label="latent z: what the decoder gets back, ||z - ẑ|| / ||z||")  # fmt: skip
+    ax.plot([1], [res.semantic], "D", color=kind_color(1), ms=8,
+            label=f"codebook 0 (semantic): {res.semantic:.2f} of its own input left")  # fmt: skip
+    if kept:
+        ax.axvline(kept, color="grey", ls=":", lw=1.2, label=f"K = {kept}: what our tokens keep")
+    ax.set_xticks(res.codebooks)
+    ax.set_ylim(0, max(1.1, 1.05 * max(res.latent + res.acoustic)))
+    ax.set_xlabel("codebooks used (K)", fontsize=11)
+    ax.set_ylabel("relative residual (norm)", fontsize=11)
+    ax.set_title("Residual vector quantization: each codebook codes what is left"
+                 + (f"\n{note}" if note else ""), fontsize=11)  # fmt: skip
+    ax.legend(fontsize=9, loc="center right")
     fig.tight_layout()
     return fig
 
@@ -296,22 +324,6 @@ def plot_group_masks(tokenizer, ids, group: int = 0):
     ax.set_xlabel("token id (bar, and grey square for TEXT_PAD: the ids the mask allows at this "
                   "position; black: the id it holds)")
     ax.set_title(f"group {group}: {len(rows)} positions, each allowed only its kind's ids")
-    return fig
-
-
-def plot_token_stats(records: list[dict]):
-    """Per chunk: text slots used and largest spill lag, over the tokenized dataset."""
-    ok = [r for r in records if r.get("status") == "ok"]
-    fig, (ax_pad, ax_lag) = plt.subplots(1, 2, figsize=(12, 3.2))
-    ax_pad.hist([1 - r["pad_share"] for r in ok], bins=20, range=(0, 1), color="dimgray")
-    ax_pad.set_xlabel("share of text slots holding a token")
-    ax_pad.set_ylabel("chunks")
-    ax_pad.set_title(f"{len(ok)} chunks")
-    ax_lag.hist([r["max_lag_s"] for r in ok], bins=20, color="dimgray")
-    ax_lag.set_xlabel("largest spill lag in the chunk (s)")
-    ax_lag.set_title("how late text had to go when slots were full")
-    _integer_counts(ax_pad, ax_lag)
-    fig.tight_layout()
     return fig
 
 

@@ -1,9 +1,11 @@
 """Mimi through `Codec` and Whisper through `Aligner`, on the tiny random checkpoints."""
 
 import numpy as np
+import pytest
 import torch
 
 from speechlm_utils.audio import MIMI_SAMPLE_RATE_HZ, WHISPER_SAMPLE_RATE_HZ, load_audio
+from speechlm_utils.codec import rvq_residuals
 
 from .conftest import DEMO_DIR
 
@@ -66,3 +68,25 @@ def test_stream_encoding_in_group_steps_matches_one_pass(codec):
         x[0, 0, : wav.size] = torch.from_numpy(wav)
         coarse = encoder.encode(x)[0, :, : whole.shape[1]]
     assert (coarse == whole).all(0).float().mean() < (streamed == whole).all(0).float().mean()
+
+
+def test_rvq_residuals_shrink_with_codebooks_and_match_mimis_own_decode(codec):
+    wav = load_audio(DEMO_DIR / "demo_ep_001.webm", MIMI_SAMPLE_RATE_HZ)[: 24000 * 4]
+    res = rvq_residuals(codec, wav, max_codebooks=8)
+    assert res.codebooks == list(range(1, 9))
+    assert res.acoustic[0] == 1.0  # K = 1: no acoustic code yet, all of its input is left
+    assert all(b <= a + 1e-6 for a, b in zip(res.acoustic, res.acoustic[1:]))
+    assert res.acoustic[-1] < 0.5 * res.acoustic[0] and 0 < res.semantic < 1
+    assert codec.num_codebooks == 4  # measured without changing the codec's K
+    try:  # the latent residual is what Mimi's own encode + decode of K codebooks leaves
+        codec.set_num_codebooks(8)
+        with torch.no_grad():
+            z = codec.mimi.encode_to_latent(torch.from_numpy(wav)[None, None], quantize=False)
+            codes = codec.mimi.quantizer.encode(z)
+            for k in (1, 4, 8):
+                z_hat = codec.mimi.quantizer.decode(codes[:, :k])
+                assert abs(float((z - z_hat).norm() / z.norm()) - res.latent[k - 1]) < 1e-4
+    finally:
+        codec.set_num_codebooks(4)
+    with pytest.raises(ValueError, match="max_codebooks"):
+        rvq_residuals(codec, wav, max_codebooks=0)

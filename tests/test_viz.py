@@ -118,6 +118,7 @@ def test_code_usage_and_dataset_plot(tok):
 def test_layout_plots(tok):
     fig = viz.plot_group_layout(tok.layout, groups=2)
     assert len(fig.axes[0].patches) == 2 * 22
+    assert min(t.get_fontsize() for t in fig.axes[0].texts) >= 8  # readable cell labels
     fig = viz.plot_vocab_layout(tok.layout)
     assert len(fig.axes[0].patches) == 1 + 4 + 1  # text, 4 codebooks, pad + spare rows
 
@@ -323,3 +324,17 @@ def test_training_plot_draws_the_uniform_guess_and_shares_add_up():
     fig = viz.plot_realtime([timeline])
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert any(label.startswith("real time") for label in labels)
+
+
+def test_rvq_plot_has_one_point_per_codebook_count():
+    from speechlm_utils.codec import RVQResiduals
+
+    res = RVQResiduals([1, 2, 3, 4], latent=[0.9, 0.6, 0.5, 0.45], acoustic=[1.0, 0.5, 0.3, 0.2],
+                       semantic=0.7)  # fmt: skip
+    fig = viz.plot_rvq_residuals(res, kept=2, note="random weights")
+    ax = fig.axes[0]
+    curves = [line for line in ax.get_lines() if len(line.get_xdata()) == 4]
+    assert [list(line.get_ydata()) for line in curves] == [res.acoustic, res.latent]
+    assert all(list(line.get_xdata()) == [1, 2, 3, 4] for line in curves)
+    assert any(list(line.get_xdata()) == [2, 2] for line in ax.get_lines())  # K kept
+    assert "random weights" in ax.get_title()
