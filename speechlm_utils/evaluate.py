@@ -55,13 +55,15 @@ class Clip:
     """One candidate recording: encoded file bytes, a file path, or a waveform with its rate;
     ``words`` when a transcript with times comes with it (the demo suite's), else Whisper's."""
 
-    audio: bytes | str | np.ndarray
+    audio: bytes | str | np.ndarray | RowAudio
     sample_rate_hz: int | None = None  # for a waveform
     words: list[Word] | None = None
 
     def load(self, sample_rate_hz: int) -> np.ndarray:
         from .audio import decode_audio_bytes, load_audio
 
+        if isinstance(self.audio, RowAudio):  # read from the data set only now
+            return _audio_of(self.audio.cell()).load(sample_rate_hz)
         if isinstance(self.audio, bytes):
             return decode_audio_bytes(self.audio, sample_rate_hz)
         if isinstance(self.audio, str):
@@ -71,6 +73,19 @@ class Clip:
             raise ValueError(f"a waveform at {self.sample_rate_hz} Hz where {sample_rate_hz} Hz "
                              "is needed: give the clip as file bytes to resample it")  # fmt: skip
         return wav
+
+
+@dataclass
+class RowAudio:
+    """An audio cell left in its data set (memory-mapped on disk) until a clip is decoded, so
+    a suite of 50 000 clips never sits in memory."""
+
+    data: object  # a `datasets.Dataset`
+    row: int
+    column: str
+
+    def cell(self):
+        return self.data[self.row][self.column]
 
 
 @dataclass
@@ -113,13 +128,13 @@ def pair_adapter(right: str, wrong: str | tuple[str, ...], words: str | None = N
     audio columns (and, optionally, ``<column>_words`` transcripts with times)."""
     wrongs = (wrong,) if isinstance(wrong, str) else tuple(wrong)
 
-    def adapt(row: dict, index: int, subset: str) -> Item:
-        clips = []
-        for col in (right, *wrongs):
-            clip = _audio_of(row[col])
-            clip.words = _words_cell(row.get(f"{col}_words"))
-            clips.append(clip)
-        return Item(str(row.get("id", index)), clips, 0, subset or str(row.get("subset") or ""))
+    def adapt(row: dict, index: int, subset: str, audio: Callable[[str], object]) -> Item:
+        """``row``: the columns other than audio; ``audio(column)``: that column's cell."""
+        clips = [Clip(audio(col), words=_words_cell(row.get(f"{col}_words")))
+                 for col in (right, *wrongs)]  # fmt: skip
+        subset = subset or str(row.get("subset") or "")
+        key = str(row.get("id", row.get("ind", index)))
+        return Item(f"{subset}/{key}" if subset and subset not in key else key, clips, 0, subset)
 
     return adapt
 
@@ -130,7 +145,7 @@ class Suite:
 
     name: str
     hub_id: str
-    adapter: Callable[[dict, int, str], Item]
+    adapter: Callable[..., Item]  # (row without audio, index, subset, audio(column)) -> Item
     subsets: tuple[str | None, ...] = (None,)  # the dataset's configs (SALMon: one per task)
     split: str = "train"
     audio_columns: tuple[str, ...] = ()
@@ -191,12 +206,14 @@ def load_suite(name: str, source: str | Path | None = None, limit: int | None = 
     items: list[Item] = []
     for subset in suite.subsets:
         data = _open_dataset(source, subset, suite.split)
+        if limit:
+            data = data.select(range(min(limit, len(data))))
         for col in suite.audio_columns:
             data = data.cast_column(col, datasets.Audio(decode=False))
-        for index, row in enumerate(data):
-            if limit and len(items) >= limit * (suite.subsets.index(subset) + 1):
-                break
-            items.append(suite.adapter(row, index, subset or ""))
+        light = data.remove_columns([c for c in suite.audio_columns if c in data.column_names])
+        for index, row in enumerate(light):  # the audio stays on disk until it is decoded
+            items.append(suite.adapter(row, index, subset or "",
+                                       lambda col, i=index, d=data: RowAudio(d, i, col)))
     return items
 
 

@@ -828,3 +828,90 @@ def plot_realtime(timelines: list[dict], tokens_per_s: float = 55.0):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_evaluation(rows: list[dict], chance: dict[str, float] | None = None,
+                    codebook_size: int = 2048, text_vocab: int = 32000):  # fmt: skip
+    """Stage 07's numbers over a run's checkpoints (`evaluate.read_eval` rows): the held-out
+    loss per kind, with a uniform guess among ``codebook_size`` codes, and each likelihood
+    suite's accuracy (text slots as trained, solid; speech only, dashed; semantic codebook,
+    circles; all codebooks, squares), with each suite's chance level (the rows' ``chance``,
+    1 / clips per item, unless ``chance`` maps the suite to another)."""
+    import math
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(13, 3.8))
+    for kind in LOSS_KIND_COLORS:
+        points = sorted((r["step"], r["value"]) for r in rows
+                        if r["suite"] == "loss" and r["metric"] == f"loss_{kind}")  # fmt: skip
+        if points:
+            ax_loss.plot(*zip(*points), marker=".", label=kind, color=loss_kind_color(kind))
+    ax_loss.axhline(math.log(codebook_size), color="black", ls=":", lw=1,
+                    label=f"uniform guess, audio (ln {codebook_size})")  # fmt: skip
+    ax_loss.axhline(math.log(text_vocab + 1), color=loss_kind_color("text"), ls=":", lw=1,
+                    label=f"uniform guess, text (ln {text_vocab + 1})")  # fmt: skip
+    ax_loss.set_title("held-out loss per kind")
+    ax_loss.set_ylabel("cross-entropy (nats)")
+    suites = sorted({r["suite"] for r in rows if r["metric"].startswith("acc_")})
+    palette = plt.get_cmap("tab10")
+    for n, suite in enumerate(suites):
+        color = palette(n % 10)
+        for variant, ls in (("text", "-"), ("speech", "--")):
+            for span, marker in (("semantic", "o"), ("all", "s")):
+                key = f"acc_{variant}_{span}"
+                points = sorted((r["step"], 100 * r["value"]) for r in rows
+                                if r["suite"] == suite and r["metric"] == key)  # fmt: skip
+                if points:
+                    label = suite if (variant, span) == ("text", "semantic") else None
+                    ax_acc.plot(*zip(*points), ls=ls, marker=marker, color=color, ms=5,
+                                label=label, alpha=0.85)  # fmt: skip
+        recorded = [r["chance"] for r in rows if r["suite"] == suite and "chance" in r]
+        level = 100 * (chance or {}).get(suite, recorded[0] if recorded else 0.5)
+        ax_acc.axhline(level, color=color, ls=":", lw=1)
+    from matplotlib.lines import Line2D
+
+    keys = [Line2D([], [], color="black", ls="-", label="text slots as trained"),
+            Line2D([], [], color="black", ls="--", label="speech only"),
+            Line2D([], [], color="black", ls="", marker="o", label="semantic codebook"),
+            Line2D([], [], color="black", ls="", marker="s", label="all codebooks")]
+    handles, _ = ax_acc.get_legend_handles_labels()
+    if handles:
+        ax_acc.legend(handles=handles + keys, fontsize=8, ncol=2, loc="lower right")
+    ax_acc.set_ylim(0, 105)
+    ax_acc.set_title("likelihood suites: accuracy (dotted: chance)")
+    ax_acc.set_ylabel("items right (%)")
+    ax_loss.legend(fontsize=8)
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("training step")
+    fig.tight_layout()
+    return fig
+
+
+def plot_item_logprobs(layout, explained: dict, variant: str = "text"):
+    """One likelihood item (`evaluate.explain_item`): each clip's log-probability of every
+    semantic code (codebook 0) over time, its mean as a dashed line: the item is right when
+    the right clip's mean is the highest."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(12, 3.4))
+    palette = ("tab:green", "tab:red", "tab:gray", "tab:brown")
+    for n, clip in enumerate(explained["clips"]):
+        logp = clip[variant]["logp"]
+        kinds = layout.kinds(logp.size)
+        positions = np.flatnonzero(kinds == 1)
+        groups, within = divmod(positions, layout.group_len)
+        frame_s = layout.group_duration_s / layout.frames_per_group
+        frames = (within - layout.text_slots_per_group) // layout.num_codebooks
+        times = groups * layout.group_duration_s + frames * frame_s
+        right = "right" if n == explained["correct"] else "wrong"
+        color = palette[n % len(palette)]
+        mean = clip[variant]["semantic"]
+        ax.plot(times, logp[positions], drawstyle="steps-post", color=color, lw=1,
+                label=f"{right}: \"{clip['words'][:50]}\" (mean {mean:.2f})")  # fmt: skip
+        ax.axhline(mean, color=color, ls="--", lw=1.5)
+    ax.set_xlabel("time in the clip (s)")
+    ax.set_ylabel("log p(semantic code)")
+    how = "text slots as trained" if variant == "text" else "speech only (text slots padded)"
+    ax.set_title(f"{explained['id']}: {how}")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig

@@ -175,3 +175,25 @@ def test_the_demo_run_passes_its_sanity_suite_and_evaluation_resumes(tiny_models
                                   models=tiny_models, progress=False)  # fmt: skip
     assert (run / "eval.jsonl").read_text().splitlines() == lines  # nothing run twice
     assert again.rows == [json.loads(x) for x in lines]
+
+
+def test_the_evaluation_plot_draws_each_suite_against_its_chance():
+    from speechlm_utils import viz
+
+    rows = [{"checkpoint": f"step-{s}", "step": s, "suite": suite, "metric": m, "value": v,
+             "chance": c}
+            for s in (50, 100)
+            for suite, c in (("demo", 0.5), ("sanity", 1 / 3))
+            for m, v in (("acc_text_semantic", 0.6), ("acc_speech_all", 0.4))]  # fmt: skip
+    rows += [{"checkpoint": "step-50", "step": 50, "suite": "loss", "metric": "loss_semantic",
+              "value": 9.0}]  # fmt: skip
+    fig = viz.plot_evaluation(rows)
+    ax_loss, ax_acc = fig.axes
+    levels = sorted(round(line.get_ydata()[0], 2) for line in ax_acc.lines
+                    if line.get_linestyle() == ":")  # fmt: skip
+    assert levels == [33.33, 50.0]
+    curves = [line for line in ax_acc.lines if line.get_linestyle() in ("-", "--")]
+    assert len(curves) == 4 and all(list(c.get_xdata()) == [50, 100] for c in curves)
+    guesses = {round(line.get_ydata()[0], 2) for line in ax_loss.lines
+               if line.get_linestyle() == ":"}  # fmt: skip
+    assert guesses == {round(np.log(2048), 2), round(np.log(32001), 2)}
