@@ -670,7 +670,7 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
     from .align import Aligner
     from .codec import Codec
     from .config import ModelsConfig, pick_device
-    from .train import load_run, run_models
+    from .train import load_run, release_memory, run_models
 
     run_dir = Path(run_dir)
     device = device or pick_device()
@@ -747,6 +747,7 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
                     writer.write(row)
                     result.rows.append(row)
             del model
+            release_memory()  # the next checkpoint loads into the memory this one held
     return result
 
 

@@ -175,6 +175,15 @@ def test_the_demo_run_passes_its_sanity_suite_and_evaluation_resumes(tiny_models
                                   models=tiny_models, progress=False)  # fmt: skip
     assert (run / "eval.jsonl").read_text().splitlines() == lines  # nothing run twice
     assert again.rows == [json.loads(x) for x in lines]
+    from speechlm_utils.__main__ import main
+
+    shutil.copytree(trained / "final", run / "checkpoints" / "step-0000001")
+    (run / "checkpoints" / "step-0000001" / "trainer.pt").touch()
+    main(["evaluate", "--run-dir", str(run), "--suite", "sanity", "--tokens", str(tokens),
+          "--checkpoints", "all"])  # the CLI: only the new checkpoint is scored
+    rows = evaluate.read_eval(run)
+    assert {(r["checkpoint"], r["suite"]) for r in rows} == \
+        {("final", "sanity"), ("final", "loss"), ("step-0000001", "sanity")}  # fmt: skip
 
 
 def test_the_evaluation_plot_draws_each_suite_against_its_chance():
