@@ -39,9 +39,9 @@ import torch
 
 from .manifest import JsonlWriter, read_jsonl, write_json_atomic
 from .tokenizer import TEXT_KIND, SpeechTokenizer, TokenLayout
+from .train import LOSS_KINDS
 from .words import Word
 
-LOSS_KINDS = ("text", "pad", "semantic", "acoustic")
 VARIANTS = ("text", "speech")  # text slots as in training, or all TEXT_PAD (speech only)
 SPANS = ("semantic", "all")  # codebook 0 alone, or every codebook
 MIN_SCORE_GAP = 1e-6  # a right clip must beat every other by this (ties count as wrong)

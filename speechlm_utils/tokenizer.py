@@ -12,7 +12,11 @@ the F frames' audio tokens, frame-major and codebook-minor::
 
     [t t | f0c0 f0c1 f0c2 f0c3 | f1c0 ... | f4c3]   2 + 5 * 4 = 22 tokens per 400 ms = 55/s
 
-so a token's position alone tells its kind. A word's text tokens go into the first free text
+so a token's position alone tells its kind. The **duplex** layout (``user_codebooks`` K_user >
+0, for two speaker streams) gives each frame the assistant's K codebooks, then the user's
+K_user codebooks, with their own ids after the assistant's (user codebook j: ``T + (K + j) *
+2048 + c``), and TEXT_PAD after those; with K_user = 0 (the default) every id is as above.
+A word's text tokens go into the first free text
 slots at or after the group holding ``start_s - text_lead_s``: the text comes before the sound
 (default 2 s), and tokens that do not fit spill into the next free slots (their lag is
 reported), never dropped silently.
@@ -45,10 +49,32 @@ class TokenLayout:
     text_slots_per_group: int = 2  # S
     codebook_size: int = CODEBOOK_SIZE
     frame_rate_hz: float = MIMI_FRAME_RATE_HZ
+    user_codebooks: int = 0  # K_user: the duplex layout's user stream (0: one stream, mono)
 
     def __post_init__(self) -> None:
         if min(self.num_codebooks, self.frames_per_group, self.text_slots_per_group) < 1:
             raise ValueError(f"layout sizes must be positive: {self}")
+        if not 0 <= self.user_codebooks <= self.num_codebooks:
+            raise ValueError(f"user_codebooks must be 0..{self.num_codebooks} (the user's "
+                             f"stream keeps at most the assistant's codebooks): {self}")
+
+    @property
+    def duplex(self) -> bool:
+        return self.user_codebooks > 0
+
+    @property
+    def frame_len(self) -> int:
+        """Audio tokens per frame: K, plus K_user in the duplex layout."""
+        return self.num_codebooks + self.user_codebooks
+
+    @property
+    def num_kinds(self) -> int:
+        """Text, the assistant's K codebooks, the user's K_user: kinds ``0 .. num_kinds-1``."""
+        return 1 + self.frame_len
+
+    def is_user_kind(self, kind: int) -> bool:
+        """Whether ``kind`` is one of the user's codebooks (kinds ``K+1 .. K+K_user``)."""
+        return kind > self.num_codebooks
 
     @property
     def audio_offset(self) -> int:
@@ -56,7 +82,7 @@ class TokenLayout:
 
     @property
     def text_pad_id(self) -> int:
-        return self.text_vocab_size + self.num_codebooks * self.codebook_size
+        return self.text_vocab_size + self.frame_len * self.codebook_size
 
     @property
     def vocab_size(self) -> int:
@@ -70,8 +96,8 @@ class TokenLayout:
 
     @property
     def group_len(self) -> int:
-        """Tokens per group: S + F * K."""
-        return self.text_slots_per_group + self.frames_per_group * self.num_codebooks
+        """Tokens per group: S + F * K (duplex: S + F * (K + K_user))."""
+        return self.text_slots_per_group + self.frames_per_group * self.frame_len
 
     @property
     def group_duration_s(self) -> float:
@@ -87,9 +113,10 @@ class TokenLayout:
         return np.dtype(np.uint16 if self.padded_vocab_size <= 2**16 else np.uint32)
 
     def kinds(self, length: int, start: int = 0) -> np.ndarray:
-        """Kind of each position ``start .. start+length``: 0 text, k+1 codebook k. ``[N]``"""
+        """Kind of each position ``start .. start+length``: 0 text, k+1 codebook k (duplex: the
+        user's codebook j is K+1+j). ``[N]``"""
         r = (np.arange(start, start + length) % self.group_len) - self.text_slots_per_group
-        return np.where(r < 0, TEXT_KIND, r % self.num_codebooks + 1)
+        return np.where(r < 0, TEXT_KIND, r % self.frame_len + 1)
 
     def kind_of(self, position: int) -> int:
         return int(self.kinds(1, position)[0])
@@ -103,9 +130,9 @@ class TokenLayout:
         return (lo, lo + self.codebook_size)
 
     def kind_masks(self) -> np.ndarray:
-        """``[K + 1, padded_vocab]`` bool: which ids each kind may take (text: text + PAD)."""
-        masks = np.zeros((self.num_codebooks + 1, self.padded_vocab_size), dtype=bool)
-        for kind in range(self.num_codebooks + 1):
+        """``[num_kinds, padded_vocab]`` bool: which ids each kind may take (text: text + PAD)."""
+        masks = np.zeros((self.num_kinds, self.padded_vocab_size), dtype=bool)
+        for kind in range(self.num_kinds):
             lo, hi = self.id_range(kind)
             masks[kind, lo:hi] = True
         masks[TEXT_KIND, self.text_pad_id] = True
@@ -142,29 +169,43 @@ class SpeechTokenizer:
     """Encode (codes, words) to the interleaved ids and back. See the module docstring."""
 
     def __init__(self, text_tokenizer, num_codebooks: int = 4, frames_per_group: int = 5,
-                 text_slots_per_group: int = 2, text_lead_s: float = 2.0):  # fmt: skip
+                 text_slots_per_group: int = 2, text_lead_s: float = 2.0,
+                 user_codebooks: int = 0):  # fmt: skip
         if text_lead_s < 0:
             raise ValueError(f"text_lead_s must be >= 0, got {text_lead_s}")
         self.sp = text_tokenizer
         self.layout = TokenLayout(text_tokenizer.get_piece_size(), num_codebooks,
-                                  frames_per_group, text_slots_per_group)  # fmt: skip
+                                  frames_per_group, text_slots_per_group,
+                                  user_codebooks=user_codebooks)  # fmt: skip
         self.text_lead_s = text_lead_s
 
     @classmethod
     def from_config(cls, text_tokenizer, cfg) -> SpeechTokenizer:
         """From a `TokenizeConfig` (or anything with its layout fields)."""
         return cls(text_tokenizer, cfg.num_codebooks, cfg.frames_per_group,
-                   cfg.text_slots_per_group, cfg.text_lead_s)  # fmt: skip
+                   cfg.text_slots_per_group, cfg.text_lead_s,
+                   getattr(cfg, "user_codebooks", 0))  # fmt: skip
 
     def fingerprint(self) -> dict:
-        """Everything that changes the ids: part of each output file's content hash."""
+        """Everything that changes the ids: part of each output file's content hash (the
+        duplex layout's ``user_codebooks`` only when set, so mono fingerprints never change)."""
         model = self.sp.serialized_model_proto()
-        return {"text_tokenizer_sha1": hashlib.sha1(model).hexdigest()[:16],
+        spec = {"text_tokenizer_sha1": hashlib.sha1(model).hexdigest()[:16],
                 "text_vocab_size": self.layout.text_vocab_size,
                 "num_codebooks": self.layout.num_codebooks,
                 "frames_per_group": self.layout.frames_per_group,
                 "text_slots_per_group": self.layout.text_slots_per_group,
                 "text_lead_s": self.text_lead_s}  # fmt: skip
+        if self.layout.duplex:
+            spec["user_codebooks"] = self.layout.user_codebooks
+        return spec
+
+    @classmethod
+    def from_fingerprint(cls, text_tokenizer, spec: dict) -> SpeechTokenizer:
+        """The tokenizer a recorded `fingerprint` describes (with its text tokenizer)."""
+        return cls(text_tokenizer, spec["num_codebooks"], spec["frames_per_group"],
+                   spec["text_slots_per_group"], spec["text_lead_s"],
+                   spec.get("user_codebooks", 0))  # fmt: skip
 
     # -- text --
 
@@ -193,16 +234,20 @@ class SpeechTokenizer:
 
     # -- encode / decode --
 
-    def interleave_audio(self, codes: np.ndarray) -> np.ndarray:
-        """``codes[K, F]`` -> ``grid[G, group_len]``: each group's text slots (all TEXT_PAD for
-        now), then its frames' audio ids, frame-major and codebook-minor."""
+    def interleave_audio(self, codes: np.ndarray, user_codes: np.ndarray | None = None
+                         ) -> np.ndarray:  # fmt: skip
+        """``codes[K, F]`` (duplex: and ``user_codes[K_user, F]``) -> ``grid[G, group_len]``:
+        each group's text slots (all TEXT_PAD for now), then its frames' audio ids,
+        frame-major and codebook-minor (duplex: each frame's K, then its K_user)."""
         lay = self.layout
         n_groups = codes.shape[1] // lay.frames_per_group
         S = lay.text_slots_per_group
+        if user_codes is not None:
+            codes = np.concatenate([codes, user_codes])  # user codebook j is row K + j
         grid = np.full((n_groups, lay.group_len), lay.text_pad_id, dtype=np.int64)
-        offsets = lay.audio_offset + np.arange(lay.num_codebooks)[:, None] * lay.codebook_size
-        audio = (codes + offsets).reshape(lay.num_codebooks, n_groups, lay.frames_per_group)
-        grid[:, S:] = audio.transpose(1, 2, 0).reshape(n_groups, -1)  # [G, F * K]
+        offsets = lay.audio_offset + np.arange(lay.frame_len)[:, None] * lay.codebook_size
+        audio = (codes + offsets).reshape(lay.frame_len, n_groups, lay.frames_per_group)
+        grid[:, S:] = audio.transpose(1, 2, 0).reshape(n_groups, -1)  # [G, F * (K + K_user)]
         return grid
 
     def place_text(self, grid: np.ndarray, words: list[Word]) -> tuple[list[dict], int]:
@@ -230,20 +275,32 @@ class SpeechTokenizer:
                                "lag_s": (slot // S - target_group) * lay.group_duration_s})
         return placements, overflow
 
-    def encode(self, codes, words: list[Word]) -> Encoded:
-        """``codes[K, F]`` (F a multiple of frames_per_group) and timed words -> `Encoded`."""
+    def encode(self, codes, words: list[Word], user_codes=None) -> Encoded:
+        """``codes[K, F]`` (F a multiple of frames_per_group) and timed words -> `Encoded`;
+        the duplex layout also takes the user's ``user_codes[K_user, F]`` (the words are the
+        assistant's: only they go into the text slots)."""
         lay = self.layout
         codes = np.asarray(codes, dtype=np.int64)
         if codes.ndim != 2 or codes.shape[0] != lay.num_codebooks:
             raise ValueError(f"codes must be [K={lay.num_codebooks}, F], got {codes.shape}")
+        if lay.duplex != (user_codes is not None):
+            raise ValueError("the duplex layout needs user_codes, the mono layout takes none")
+        if user_codes is not None:
+            user_codes = np.asarray(user_codes, dtype=np.int64)
+            if user_codes.shape != (lay.user_codebooks, codes.shape[1]):
+                raise ValueError(f"user_codes must be [K_user={lay.user_codebooks}, "
+                                 f"F={codes.shape[1]}], got {user_codes.shape}")
+            codes_all = np.concatenate([codes, user_codes])
+        else:
+            codes_all = codes
         if codes.shape[1] % lay.frames_per_group:
             raise ValueError(
                 f"{codes.shape[1]} frames is not a whole number of {lay.frames_per_group}-frame "
                 f"groups: pad the audio to a multiple of {lay.group_duration_s:g} s first"
             )
-        if codes.size and (codes.min() < 0 or codes.max() >= lay.codebook_size):
+        if codes_all.size and (codes_all.min() < 0 or codes_all.max() >= lay.codebook_size):
             raise ValueError(f"codes must lie in [0, {lay.codebook_size})")
-        grid = self.interleave_audio(codes)
+        grid = self.interleave_audio(codes, user_codes)
         placements, overflow = self.place_text(grid, words)
         n_groups, n_slots = grid.shape[0], grid.shape[0] * lay.text_slots_per_group
         lags = [p["lag_s"] for p in placements]
@@ -263,8 +320,15 @@ class SpeechTokenizer:
         """Ids (any length from a group start) -> (text of the text slots, ``codes[K, F]``).
 
         Raises ValueError when an id is not of its position's kind. A trailing partial frame
-        (fewer than K codebooks) is left out of the codes.
+        (fewer than K codebooks) is left out of the codes. The duplex layout's user stream:
+        `decode_streams`.
         """
+        text, codes, _ = self.decode_streams(ids)
+        return text, codes
+
+    def decode_streams(self, ids) -> tuple[str, np.ndarray, np.ndarray]:
+        """`decode`, and the user's ``codes[K_user, F]`` of the duplex layout (``[0, F]`` in
+        the mono one)."""
         lay = self.layout
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         kinds = lay.kinds(ids.size)
@@ -275,11 +339,12 @@ class SpeechTokenizer:
             raise ValueError(f"id {int(ids[p])} at position {p} is not of kind {int(kinds[p])}")
         text_ids = ids[(kinds == TEXT_KIND) & (ids != lay.text_pad_id)]
         audio = ids[kinds != TEXT_KIND]
-        n_frames = audio.size // lay.num_codebooks
-        audio = audio[: n_frames * lay.num_codebooks].reshape(n_frames, lay.num_codebooks)
-        offsets = lay.audio_offset + np.arange(lay.num_codebooks) * lay.codebook_size
+        n_frames = audio.size // lay.frame_len
+        audio = audio[: n_frames * lay.frame_len].reshape(n_frames, lay.frame_len)
+        offsets = lay.audio_offset + np.arange(lay.frame_len) * lay.codebook_size
         codes = (audio - offsets).T
-        return self.sp.decode(text_ids.tolist()), codes
+        K = lay.num_codebooks
+        return self.sp.decode(text_ids.tolist()), codes[:K], codes[K:]
 
     def text_pieces(self, ids) -> list[str | None]:
         """For display: each text slot's piece (None for TEXT_PAD), in slot order."""
@@ -305,8 +370,9 @@ class SpeechTokenizer:
                 name = "TEXT_PAD" if i == lay.text_pad_id else "text"
                 holds = "" if i == lay.text_pad_id else self.sp.id_to_piece(i)
             else:
-                frame = (pos - start - lay.text_slots_per_group) // lay.num_codebooks
-                name = f"codebook {kind - 1}"
+                frame = (pos - start - lay.text_slots_per_group) // lay.frame_len
+                name = f"user codebook {kind - 1 - lay.num_codebooks}" if \
+                    lay.is_user_kind(kind) else f"codebook {kind - 1}"  # fmt: skip
                 holds = f"frame {frame}, code {i - lay.id_range(kind)[0]}"
             runs = true_runs(masks[kind])
             rows.append({"position": pos, "id": i, "kind": name, "holds": holds,

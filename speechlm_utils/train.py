@@ -241,8 +241,7 @@ def layout_of_tokens(tokens_root: Path, text_tokenizer, lm: str = "this LM") -> 
 
     spec = read_token_layout(tokens_root)
     check_text_tokenizer(spec, text_tokenizer, f"the token root {tokens_root}", lm)
-    return SpeechTokenizer(text_tokenizer, spec["num_codebooks"], spec["frames_per_group"],
-                           spec["text_slots_per_group"], spec["text_lead_s"])  # fmt: skip
+    return SpeechTokenizer.from_fingerprint(text_tokenizer, spec)
 
 
 def _rng_state() -> dict:
@@ -837,8 +836,7 @@ def load_run(run_dir: str | Path, models: ModelsConfig | None = None, device: st
     text_tokenizer = load_text_tokenizer(models)
     check_text_tokenizer({**spec, "lm": meta["lm"]}, text_tokenizer, f"the run {run_dir}",
                          models.lm)  # fmt: skip
-    tokenizer = SpeechTokenizer(text_tokenizer, spec["num_codebooks"], spec["frames_per_group"],
-                                spec["text_slots_per_group"], spec["text_lead_s"])  # fmt: skip
+    tokenizer = SpeechTokenizer.from_fingerprint(text_tokenizer, spec)
     source = run_dir / "final" if (run_dir / "final" / "weights.pt").exists() else \
         latest_checkpoint(run_dir)  # fmt: skip
     if checkpoint is not None:

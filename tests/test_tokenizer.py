@@ -204,3 +204,52 @@ def test_explain_group_gives_each_position_its_kind_and_mask(sp):
     assert first[0]["kind"] == "text" and first[0]["holds"] == sp.id_to_piece(int(ids[0]))
     with pytest.raises(ValueError, match="outside"):
         tok.explain_group(ids, group=2)
+
+
+# -- the duplex layout (two speaker streams) ------------------------------------------------
+
+
+@pytest.mark.parametrize("user_codebooks", [1, 4])
+def test_duplex_layout_ids_kinds_and_rate(sp, user_codebooks):
+    mono = SpeechTokenizer(sp)
+    tok = SpeechTokenizer(sp, user_codebooks=user_codebooks)
+    lay, K = tok.layout, 4
+    assert lay.duplex and not mono.layout.duplex
+    assert lay.group_len == 2 + 5 * (K + user_codebooks)
+    assert lay.tokens_per_s == pytest.approx((2 + 5 * (K + user_codebooks)) / 0.4)
+    for k in range(1, K + 1):  # the assistant's ids are the mono layout's
+        assert lay.id_range(k) == mono.layout.id_range(k) and not lay.is_user_kind(k)
+    for j in range(user_codebooks):  # the user's follow, derived from the sizes
+        kind = K + 1 + j
+        assert lay.is_user_kind(kind)
+        assert lay.id_range(kind) == (32_000 + (K + j) * 2048, 32_000 + (K + j + 1) * 2048)
+    assert lay.text_pad_id == 32_000 + (K + user_codebooks) * 2048
+    masks = lay.kind_masks()
+    assert masks.shape == (lay.num_kinds, lay.padded_vocab_size)
+    assert (masks.sum(0) <= 1).all()  # no id belongs to two kinds
+    assert "user_codebooks" not in mono.fingerprint()  # mono token roots stay valid
+    assert tok.fingerprint()["user_codebooks"] == user_codebooks
+    again = SpeechTokenizer.from_fingerprint(sp, tok.fingerprint())
+    assert again.layout == lay
+
+
+@pytest.mark.parametrize("user_codebooks", [1, 2])
+def test_duplex_round_trip_is_exact_and_every_id_is_of_its_kind(sp, user_codebooks):
+    rng = np.random.default_rng(user_codebooks)
+    tok = SpeechTokenizer(sp, user_codebooks=user_codebooks)
+    lay = tok.layout
+    codes = rng.integers(0, 2048, (4, 50))
+    user = rng.integers(0, 2048, (user_codebooks, 50))
+    words = random_words(rng, 4.0, 3.0)
+    ids = tok.encode(codes, words, user).ids
+    assert ids.size == 10 * lay.group_len
+    assert (lay.kinds_of_ids(ids) == lay.kinds(ids.size)).all()
+    text, got, got_user = tok.decode_streams(ids)
+    assert (got == codes).all() and (got_user == user).all()
+    assert text == running_text(words)
+    frame = ids[2 : 2 + lay.frame_len] - lay.audio_offset  # frame 0: K then K_user
+    assert list(frame % 2048) == [*codes[:, 0], *user[:, 0]]
+    with pytest.raises(ValueError, match="needs user_codes"):
+        tok.encode(codes, words)
+    with pytest.raises(ValueError, match="K_user"):
+        tok.encode(codes, words, user[:, :10])
