@@ -1,0 +1,105 @@
+"""Who speaks when, and the two tracks a duplex model learns from."""
+
+import json
+
+import numpy as np
+import pytest
+
+from speechlm_utils import speakers
+from speechlm_utils.speakers import Turn
+from speechlm_utils.words import Word
+
+from .conftest import DEMO_DIR
+
+
+def test_the_demo_sidecar_gives_its_turns():
+    data = json.loads((DEMO_DIR / "demo_ep_001.json").read_text())
+    turns = speakers.turns_from_transcript(data)
+    by_turn = {}
+    for w in data["words"]:
+        by_turn.setdefault(w["turn"], []).append(w)
+    assert len(turns) == len(by_turn) == 6
+    for turn, (_, words) in zip(turns, sorted(by_turn.items())):
+        assert turn.speaker == words[0]["speaker"]
+        assert turn.start_s == words[0]["start_s"] and turn.end_s == words[-1]["end_s"]
+    assert [t.speaker for t in turns] == ["host", "guest"] * 3
+    totals = speakers.speaking_time(turns)
+    assert speakers.pick_assistant(turns) == next(iter(totals)) == "guest"
+    assert speakers.pick_assistant(turns, "least_talkative") == "host"
+    assert speakers.pick_assistant(turns, "host") == "host"
+    with pytest.raises(ValueError, match="not a speaker"):
+        speakers.pick_assistant(turns, "nobody")
+
+
+def test_vtt_voice_tags_give_turns():
+    vtt = ("WEBVTT\n\n00:00:00.000 --> 00:00:02.000\n<v Ana>Hello there.\n\n"
+           "00:00:02.500 --> 00:00:04.000\n<v Ana>How are you?\n\n"
+           "00:00:05.000 --> 00:00:06.000\n<v Bo>Fine.</v>\n")  # fmt: skip
+    turns = speakers.turns_from_vtt(vtt)
+    assert [(t.speaker, t.start_s, t.end_s) for t in turns] == [("Ana", 0.0, 4.0),
+                                                                 ("Bo", 5.0, 6.0)]
+
+
+def test_assistant_words_are_the_assistants_only():
+    turns = [Turn("a", 0.0, 2.0), Turn("b", 2.5, 4.0), Turn("a", 4.5, 6.0)]
+    words = [Word(" one", 0.1, 0.5), Word(" two", 2.6, 3.0), Word(" three", 5.0, 5.4)]
+    assert [w.text for w in speakers.words_of(words, turns, "a")] == [" one", " three"]
+    assert [w.text for w in speakers.words_of(words, turns, "b")] == [" two"]
+
+
+@pytest.mark.parametrize("overlap", speakers.OVERLAP_POLICIES)
+def test_two_tracks_from_one_mix(overlap):
+    rate = 1000
+    wav = np.ones(6 * rate, np.float32)
+    turns = [Turn("a", 0.0, 2.0), Turn("b", 1.5, 4.0), Turn("a", 5.0, 6.0)]
+    mine, theirs = speakers.split_tracks(wav, rate, turns, "a", overlap)
+    at = lambda x, s: float(x[int(s * rate)])  # noqa: E731
+    assert at(mine, 0.5) == 1 and at(theirs, 0.5) == 0  # the assistant alone
+    assert at(mine, 3.0) == 0 and at(theirs, 3.0) == 1  # the user alone
+    assert at(mine, 4.5) == 0 and at(theirs, 4.5) == 0  # nobody: both silent
+    assert at(mine, 5.5) == 1
+    both = (at(mine, 1.75), at(theirs, 1.75))  # the overlap
+    assert both == {"both": (1, 1), "assistant": (1, 0), "user": (0, 1)}[overlap]
+    edge = mine[int(2.0 * rate) - 20 : int(2.0 * rate) + 20]
+    if overlap != "user":
+        assert np.all(np.diff(edge) <= 0) and 0 < edge[20] < 1  # a fade, not a click
+
+
+def test_turns_split_at_chunk_seams_like_words():
+    turns = [Turn("a", 0.0, 25.0), Turn("b", 26.0, 30.0)]
+    parts = speakers.split_turns_by_chunks(turns, [0.0, 20.04], 40.0)
+    assert [(t.speaker, t.start_s, t.end_s) for t in parts[0]] == [("a", 0.0, 20.04)]
+    assert [(t.speaker, t.start_s, t.end_s) for t in parts[1]] == [("a", 0.0, 4.96),
+                                                                    ("b", 5.96, 9.96)]
+    assert speakers.from_json(speakers.to_json(turns, "sidecar")) == turns
+
+
+def test_diarization_without_pyannote_says_what_to_do(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_pyannote(name, *args, **kwargs):
+        if name.startswith("pyannote"):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyannote)
+    with pytest.raises(RuntimeError, match="pip install pyannote.audio.*sidecar"):
+        speakers.diarize(np.zeros(16_000, np.float32))
+
+
+def test_diarization_turns_come_from_the_pipelines_annotation():
+    class Segment:
+        def __init__(self, start, end):
+            self.start, self.end = start, end
+
+    class Annotation:
+        def itertracks(self, yield_label=False):
+            yield Segment(0.0, 1.0), "t0", "SPEAKER_00"
+            yield Segment(1.2, 2.0), "t1", "SPEAKER_00"
+            yield Segment(2.5, 4.0), "t2", "SPEAKER_01"
+
+    turns = speakers.diarize(np.zeros(16_000, np.float32), pipeline=lambda audio: Annotation())
+    assert [(t.speaker, t.start_s, t.end_s) for t in turns] == [("SPEAKER_00", 0.0, 2.0),
+                                                                 ("SPEAKER_01", 2.5, 4.0)]
