@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seq-len", type=int)
     tr.add_argument("--batch-size", type=int)
     tr.add_argument("--lr", type=float)
-    tr.add_argument("--loss-weights", help="text,pad,semantic,acoustic e.g. 1,0.1,1,0.5")
+    tr.add_argument("--loss-weights", help="text,pad,semantic,acoustic[,user] e.g. 1,0.1,1,0.5 "
+                    "(user: the duplex layout's user stream, default 0)")
     tr.add_argument("--wandb", choices=["online", "offline", "disabled"])
     tr.add_argument("--fsdp", action="store_true", help="shard the model under torchrun")
     tr.add_argument("--eval-every", type=int, help="validation loss every N steps")

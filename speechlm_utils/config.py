@@ -321,9 +321,11 @@ class TrainConfig(StageConfig):
     lora_r: int | None = 64  # LoRA rank, or None to train every kept weight
     keep_every: int | None = None  # layer pruning: keep every n-th layer
     keep_layers: tuple[int, ...] | None = None  # or exactly these layers
-    # (text, pad, semantic, acoustic): text weighs the choice of word, pad the word-or-pad
-    # decision in every text slot alike (pad odds stay calibrated; see train.weighted_loss)
-    loss_weights: tuple[float, float, float, float] = (1.0, 0.5, 1.0, 0.5)
+    # (text, pad, semantic, acoustic[, user]): text weighs the choice of word, pad the
+    # word-or-pad decision in every text slot alike (pad odds stay calibrated; see
+    # train.weighted_loss); user, the duplex layout's user stream (default 0: conditioned on,
+    # not predicted, as moshi-finetune trains; J-Moshi predicts both)
+    loss_weights: tuple[float, ...] = (1.0, 0.5, 1.0, 0.5)
     grad_checkpointing: bool = True  # recompute activations in backward: fits 4k x 7B
     compile: bool = False  # torch.compile the model
     memory_check: bool = True  # refuse, naming what fits, a recipe planned above the GPU's memory

@@ -39,7 +39,9 @@ from .manifest import JsonlWriter, read_jsonl, write_json_atomic
 from .model import core_model, output_weight
 from .tokenizer import TEXT_KIND, SpeechTokenizer, TokenLayout
 
-LOSS_KINDS = ("text", "pad", "semantic", "acoustic")
+# the user's stream (duplex layout) is one class of its own: conditioned on, and predicted
+# only as much as its weight says
+LOSS_KINDS = ("text", "pad", "semantic", "acoustic", "user")
 
 
 # -- the loss ---------------------------------------------------------------------------------
@@ -47,9 +49,11 @@ LOSS_KINDS = ("text", "pad", "semantic", "acoustic")
 
 def loss_classes(layout: TokenLayout, ids: torch.Tensor) -> torch.Tensor:
     """Class of each token of ``ids[B, L]`` (window starts at a group boundary): 0 text,
-    1 TEXT_PAD, 2 semantic (codebook 0), 3 acoustic (codebooks 1..K-1)."""
+    1 TEXT_PAD, 2 semantic (codebook 0), 3 acoustic (codebooks 1..K-1), 4 the user's
+    codebooks (duplex layout)."""
     kinds = torch.from_numpy(layout.kinds(ids.shape[-1])).to(ids.device)
-    classes = torch.where(kinds == 1, 2, torch.where(kinds > 1, 3, 0)).expand_as(ids).clone()
+    classes = torch.where(kinds == 1, 2, torch.where(kinds > 1, 3, 0))
+    classes = torch.where(kinds > layout.num_codebooks, 4, classes).expand_as(ids).clone()
     classes[(kinds == TEXT_KIND).expand_as(ids) & (ids == layout.text_pad_id)] = 1
     return classes
 
@@ -62,16 +66,18 @@ def weighted_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tens
     text slot, one codebook's 2048 ids in an audio slot), so the output layer is evaluated on
     those rows only: ~8x less compute and memory than full logits for the default layout.
 
-    ``weights`` = (text, pad, semantic, acoustic). A text slot's cross-entropy is split into
+    ``weights`` = (text, pad, semantic, acoustic[, user]); the duplex layout's user stream
+    weighs ``user`` (default 0: conditioned on, not predicted). A text slot's cross-entropy is
+    split into
     the *decision* (a word or TEXT_PAD? ``-log P(pad)`` or ``-log P(not pad)``), weighted by
     ``pad`` in every text slot alike, and the *choice* of word given one is said
     (``-log P(word | not pad)``), weighted by ``text``. Weighting the decision the same on both
     sides keeps the model's pad odds calibrated to the data (a class weight on pads would make
     it learn ``P(pad) ∝ w_pad * q(pad)``), while words can still be trained harder.
-    Returns the loss (weighted sum over the summed weights) and ``[4, 2]`` (summed full
-    cross-entropy ``-log p(target)``, count) per class for logging (detached).
+    Returns the loss (weighted sum over the summed weights) and ``[5, 2]`` (summed full
+    cross-entropy ``-log p(target)``, count) per class (`LOSS_KINDS`) for logging (detached).
     """
-    w_text, w_pad, w_sem, w_ac = (float(w) for w in weights)
+    w_text, w_pad, w_sem, w_ac, w_user = (float(w) for w in (*weights, 0.0)[:5])
     targets = labels[:, 1:]
     kinds = layout.kinds(labels.shape[1])[1:]
     ce = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
@@ -98,6 +104,8 @@ def weighted_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tens
             decision = torch.where(is_pad, full, lse - lse_words)
             choice = torch.where(is_pad, 0.0, lse_words - picked)
             terms = w_pad * decision + w_text * choice
+        elif layout.is_user_kind(int(kind)):
+            terms = w_user * full
         else:
             terms = (w_sem if kind == 1 else w_ac) * full
         ce[:, cols] = torch.where(valid, full, 0.0)
@@ -105,7 +113,7 @@ def weighted_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tens
     classes = loss_classes(layout, labels)[:, 1:]
     valid = targets != IGNORE
     # the weight each target's terms carry: a pad slot its decision, a word slot both terms
-    per_class = torch.tensor([w_pad + w_text, w_pad, w_sem, w_ac], device=hidden.device)
+    per_class = torch.tensor([w_pad + w_text, w_pad, w_sem, w_ac, w_user], device=hidden.device)
     loss = objective.sum() / (per_class[classes] * valid).sum().clamp(min=1e-8)
     parts = torch.stack([torch.stack([ce[(classes == c) & valid].sum(),
                                       ((classes == c) & valid).sum().float()])
@@ -118,11 +126,13 @@ def kind_loss_shares(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.T
     """The share of `weighted_loss`'s objective each kind (`LOSS_KINDS`) carries for
     ``weights``: each kind's weighted terms, summed over its targets, over all of them. With
     equal weights a kind's share is its share of targets times its mean cross-entropy."""
-    w_text, w_pad, w_sem, w_ac = (float(w) for w in weights)
-    carried = (w_pad + w_text, w_pad, w_sem, w_ac)  # the weight in each kind's normaliser
+    w_text, w_pad, w_sem, w_ac, w_user = (float(w) for w in (*weights, 0.0)[:5])
+    carried = (w_pad + w_text, w_pad, w_sem, w_ac, w_user)  # each kind's normaliser weight
     classes = loss_classes(layout, labels)
     sums = {}
     for c, name in enumerate(LOSS_KINDS):
+        if not ((classes[:, 1:] == c) & (labels[:, 1:] != IGNORE)).any():
+            continue  # a kind this layout or window does not have (the mono layout's user)
         only = labels.masked_fill(classes != c, IGNORE)  # this kind's targets alone
         with torch.no_grad():
             loss, parts = weighted_loss(hidden, weight, only, layout, weights)

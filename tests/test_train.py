@@ -537,3 +537,27 @@ def test_trainable_groups_name_what_lora_trains(tiny_models, tok):
     new_rows = groups["new rows of the output table"]["parameters"]
     assert new_rows == (tok.layout.vocab_size - tok.layout.text_vocab_size) * 128
     assert sum(g["parameters"] for g in groups.values()) == count_parameters(lora)["trainable"]
+
+
+def test_the_duplex_users_stream_is_its_own_loss_kind_weighted_apart(text_tokenizer):
+    tok = SpeechTokenizer(text_tokenizer, user_codebooks=1)
+    lay = tok.layout
+    rng = np.random.default_rng(0)
+    ids = torch.from_numpy(tok.encode(rng.integers(0, 2048, (4, 10)), [],
+                                      rng.integers(0, 2048, (1, 10))).ids)[None]  # fmt: skip
+    hidden = torch.randn(1, ids.shape[1], 16, generator=torch.Generator().manual_seed(0))
+    head = torch.randn(lay.padded_vocab_size, 16, generator=torch.Generator().manual_seed(1))
+    classes = train.loss_classes(lay, ids)[0]
+    kinds = torch.from_numpy(lay.kinds(ids.shape[1]))
+    assert ((classes == 4) == (kinds == 5)).all() and (classes == 4).sum() == 10
+    other = ids.clone()
+    user = kinds == 5
+    other[0, user] = lay.id_range(5)[0] + (other[0, user] - lay.id_range(5)[0] + 7) % 2048
+    for weights, changes in (((1, 1, 1, 1), False), ((1, 1, 1, 1, 0.0), False),
+                             ((1, 1, 1, 1, 1.0), True)):  # fmt: skip
+        a, parts = train.weighted_loss(hidden, head, ids, lay, weights)
+        b, _ = train.weighted_loss(hidden, head, other, lay, weights)
+        assert (abs(float(a) - float(b)) > 1e-6) == changes  # only a weight makes it predicted
+        assert parts[4, 1] == 10  # the user's targets are counted (logged) either way
+    shares = train.kind_loss_shares(hidden, head, ids, lay, (1, 1, 1, 1, 1.0))
+    assert "user" in shares and abs(sum(shares.values()) - 1) < 1e-6
