@@ -510,7 +510,9 @@ def plot_text_leads(tokenizers: list, codes, words: list, start_s: float = 0.0,
 def plot_attention(amap, truth: list | None = None, title: str = ""):
     """Whisper's cross-attention (text tokens x audio frames), its DTW path, and, when given,
     the true word times as boxes over the tokens of each word."""
-    fig, ax = plt.subplots(figsize=(12, max(3, 0.18 * len(amap.tokens) + 1)))
+    # constrained layout: the legend sits above the axes, never over the path's end
+    fig, ax = plt.subplots(figsize=(12, max(3.5, 0.22 * len(amap.tokens) + 1.5)),
+                           layout="constrained")  # fmt: skip
     fps = amap.frames_per_s
     if amap.matrix.size:
         ax.imshow(amap.matrix, aspect="auto", cmap="Blues", origin="upper",
@@ -522,11 +524,15 @@ def plot_attention(amap, truth: list | None = None, title: str = ""):
             ax.add_patch(plt.Rectangle((w.start_s, row - 0.5), w.end_s - w.start_s, n,
                                        fill=False, edgecolor="tab:green", lw=1.0))  # fmt: skip
         ax.plot([], [], color="tab:green", label="true word times")
-    ax.set_yticks(range(len(amap.tokens)), [t.strip() or "·" for t in amap.tokens], fontsize=6)
-    ax.set_xlabel("audio time (s)")
-    ax.set_title(title or "cross-attention of the alignment heads, and the DTW path")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    ax.set_yticks(range(len(amap.tokens)), [t.strip() or "·" for t in amap.tokens], fontsize=9)
+    if amap.matrix.size:  # the audio the matrix covers, not the boxes' or margins' reach
+        ax.set_xlim(0, amap.matrix.shape[1] / fps)
+    ax.tick_params(axis="x", labelsize=10)
+    ax.set_xlabel("audio time (s)", fontsize=11)
+    ax.set_title(title or "cross-attention of the alignment heads, and the DTW path",
+                 fontsize=12)  # fmt: skip
+    if ax.get_legend_handles_labels()[0]:
+        fig.legend(loc="outside upper right", ncol=2, fontsize=10, frameon=False)
     return fig
 
 

@@ -78,6 +78,9 @@ def test_attention_plot_draws_matrix_path_and_truth_boxes():
     assert any(isinstance(a, AxesImage) for a in ax.get_children())
     assert len(ax.patches) == 3  # one box per true word
     assert ax.patches[1].get_height() == 2  # spanning both tokens of "bc"
+    assert ax.get_xlim() == pytest.approx((0, 150 / amap.frames_per_s))  # the audio it covers
+    assert ax.get_legend() is None and len(fig.legends) == 1  # above the axes, off the path
+    assert min(t.get_fontsize() for t in ax.get_yticklabels()) >= 8
     path_line = ax.lines[0]
     assert np.allclose(path_line.get_xdata(), path[1] / 50.0)
 
