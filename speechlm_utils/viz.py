@@ -717,10 +717,12 @@ def loss_kind_color(kind: str) -> str:
     return to_hex([c * 0.6 for c in to_rgb(color)]) if kind == "pad" else color
 
 
-def plot_training(metrics: list[dict], codebook_size: int = 2048):
+def plot_training(metrics: list[dict], codebook_size: int = 2048,
+                  text_vocab_size: int | None = None):  # fmt: skip
     """Training and validation loss per kind (text, pad, semantic, acoustic) over steps, with
     the loss of a uniform guess among a codebook's ``codebook_size`` codes (ln 2048 = 7.6
-    nats): an audio loss above it is worse than chance."""
+    nats): an audio loss above it is worse than chance. With ``text_vocab_size`` (T), also a
+    uniform guess over a text slot's T + 1 ids (the text ids and TEXT_PAD; ln 32001 = 10.4)."""
     import math
 
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(13, 3.6), sharey=True)
@@ -737,6 +739,9 @@ def plot_training(metrics: list[dict], codebook_size: int = 2048):
     for ax in (ax_train, ax_val):
         ax.axhline(math.log(codebook_size), color="black", ls=":", lw=1,
                    label=f"uniform guess, audio (ln {codebook_size})")  # fmt: skip
+        if text_vocab_size:
+            ax.axhline(math.log(text_vocab_size + 1), color=loss_kind_color("text"), ls=":",
+                       lw=1, label=f"uniform guess, text slot (ln {text_vocab_size + 1})")
     ax_train.set_yscale("log")
     ax_train.set_title("training loss per kind")
     ax_val.set_title("validation loss per kind (held-out videos)")

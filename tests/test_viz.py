@@ -314,10 +314,12 @@ def test_training_plot_draws_the_uniform_guess_and_shares_add_up():
 
     metrics = [{"step": s, "loss": 8.0 / s, "loss_text": 7.0 / s, "val_loss_semantic": 9.0}
                for s in range(1, 4)]  # fmt: skip
-    fig = viz.plot_training(metrics)
-    guesses = [line for ax in fig.axes for line in ax.get_lines()
-               if line.get_ydata()[0] == pytest.approx(math.log(2048))]  # fmt: skip
-    assert len(guesses) == 2  # on the training and the validation axes
+    fig = viz.plot_training(metrics, text_vocab_size=32000)
+    for chance in (math.log(2048), math.log(32001)):  # audio, and a text slot (+ TEXT_PAD)
+        guesses = [line for ax in fig.axes for line in ax.get_lines()
+                   if line.get_ydata()[0] == pytest.approx(chance)]  # fmt: skip
+        assert len(guesses) == 2  # on the training and the validation axes
+    assert "ln 32001" in " ".join(t.get_text() for t in fig.axes[1].get_legend().get_texts())
     rows = [{"weights": "1, 1, 1, 1", "text": 0.1, "pad": 0.1, "semantic": 0.2, "acoustic": 0.6}]
     fig = viz.plot_loss_shares(rows)
     widths = [patch.get_width() for patch in fig.axes[0].patches]
