@@ -696,6 +696,7 @@ class AlignmentExplorer:
         png = io.BytesIO()
         fig.savefig(png, format="png", dpi=80)
         plt.close(fig)
+        self._png = png.getvalue()
         a = int(info["start_s"] * MIMI_SAMPLE_RATE_HZ)
         b = min(self.wav.size, a + int(self.listen_s * MIMI_SAMPLE_RATE_HZ))
         # replace the outputs in place (works in any front end, and with no kernel in tests)
@@ -703,6 +704,65 @@ class AlignmentExplorer:
         self.plot.append_display_data(Image(data=png.getvalue(), format="png"))
         self.audio.outputs = ()
         self.audio.append_display_data(Audio(self.wav[a:b], rate=MIMI_SAMPLE_RATE_HZ))
+
+    def still_html(self) -> str:
+        """The view now shown (waveform and group listing) as static HTML, for `with_still`."""
+        import base64
+        from html import escape
+
+        if not self.records:
+            return "<p><i>No tokenized pieces to explore.</i></p>"
+        chunk = self.records[self.chunk.value]["chunk"]
+        png = base64.b64encode(self._png).decode()
+        return (f"<p><i>A still of the explorer at {escape(chunk)}, {self.time.value:.1f} s: run "
+                f"the notebook to move the slider and listen.</i></p>"
+                f"<img src='data:image/png;base64,{png}'/>{self.info.value}")  # fmt: skip
+
+
+class _LiveOrStill:
+    """One output that front ends with a kernel draw as the widget, and pages without one
+    (nbconvert, nbviewer, GitHub) as the still: the bundle holds both, and those renderers
+    skip a widget whose state was not saved."""
+
+    def __init__(self, widget, html: str):
+        self.widget, self.html = widget, html
+
+    def _repr_mimebundle_(self, **kwargs):
+        return {**(self.widget._repr_mimebundle_(**kwargs) or {}), "text/html": self.html}
+
+
+def with_still(widget, html: str | None = None) -> _LiveOrStill:
+    """Display ``widget`` live, with ``html`` (default: `widget_outline`) as what a page
+    rendered without a kernel shows in its place."""
+    return _LiveOrStill(widget, widget_outline(widget) if html is None else html)
+
+
+def widget_outline(widget) -> str:
+    """A static HTML outline of an ipywidgets tree: its headings and each control with its
+    label and initial value (buttons in brackets); outputs and empty text left out."""
+    from html import escape
+
+    items = []
+
+    def walk(w) -> None:
+        name, label = type(w).__name__, escape(str(getattr(w, "description", "") or ""))
+        if hasattr(w, "children"):
+            for child in w.children:
+                walk(child)
+        elif name in ("HTML", "Output"):
+            items.extend([w.value] if name == "HTML" and w.value else [])
+        elif name == "Button":
+            items.append(f"[{label}]")
+        elif name == "Dropdown":
+            items.append(f"{label}: {escape(str(w.label))} ({len(w.options)} choices)")
+        elif hasattr(w, "value") and name != "FileUpload":
+            items.append(f"{label or name}: {escape(str(w.value))}")
+        else:
+            items.append(label or name)
+
+    walk(widget)
+    return ("<p><i>An interactive widget (run the notebook to use it); its controls:</i></p>"
+            "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>")
 
 
 LOSS_KIND_COLORS = {"text": "text", "pad": "pad", "semantic": "cb0", "acoustic": "cb1"}

@@ -154,6 +154,12 @@ def test_alignment_explorer_steps_through_groups(tmp_path, tok):
     assert len(explorer.audio.outputs) == 1 and len(explorer.plot.outputs) == 1
     explorer.chunk.value = 1  # the dropdown: a shorter chunk clamps the slider
     assert explorer.time.max == pytest.approx(9 * 0.4) and explorer.ids.size == 10 * 22
+    still = explorer.still_html()  # what a page without a kernel shows: this view's image
+    assert "<img src='data:image/png;base64," in still and explorer.info.value in still
+    bundle = viz.with_still(explorer.widget, still)._repr_mimebundle_()
+    assert bundle["text/html"] == still  # beside the live view, in one output
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == \
+        explorer.widget.model_id  # fmt: skip
 
 
 def test_one_kind_palette_in_group_layout_timeline_masks_and_vocab(tok, ids):
@@ -343,3 +349,16 @@ def test_rvq_plot_has_one_point_per_codebook_count():
     assert all(list(line.get_xdata()) == [1, 2, 3, 4] for line in curves)
     assert any(list(line.get_xdata()) == [2, 2] for line in ax.get_lines())  # K kept
     assert "random weights" in ax.get_title()
+
+
+def test_widget_outline_lists_the_controls_and_leaves_out_empty_parts():
+    import ipywidgets as w
+
+    box = w.VBox([w.HTML("<b>Talk</b>"), w.HTML(""), w.Output(), w.VBox(),
+                  w.HBox([w.FloatSlider(value=6.0, description="reply (s)"),
+                          w.Button(description="Respond")]),
+                  w.Dropdown(options=[("a.webm", 0), ("b.webm", 1)], description="chunk")])
+    items = viz.widget_outline(box).split("<li>")[1:]
+    assert [i.removesuffix("</ul>").removesuffix("</li>") for i in items] == [
+        "<b>Talk</b>", "reply (s): 6.0", "[Respond]", "chunk: a.webm (2 choices)"]
+    assert viz.with_still(box)._repr_mimebundle_()["text/html"] == viz.widget_outline(box)
