@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -399,8 +399,8 @@ def _clock(device) -> float:
 def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
                   sampling: Sampling | None = None, use_cache: bool = True,
                   start_position: int = 0, stats: dict | None = None,
-                  open_text_from: int | None = None,
-                  decode: str = "eager") -> Iterator[int]:  # fmt: skip
+                  open_text_from: int | None = None, decode: str = "eager",
+                  forced: Callable[[int], int | None] | None = None) -> Iterator[int]:  # fmt: skip
     """Yield new ids one by one after ``prompt_ids`` ([N] ids that start at a group boundary,
     offset by ``start_position`` when they continue an earlier stream). ``stats`` (optional)
     receives ``cache_len``: the positions the KV cache holds (bounded by the sliding window).
@@ -411,6 +411,11 @@ def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
     ``max_new_tokens`` new ids. So N - P + max_new_tokens ids in all; None yields only the new.
     What is fixed goes through the model in one pass: the prompt up to its first open slot, then
     each run of kept ids between two sampled ones.
+
+    ``forced(position)`` (position counted from the stream's start, like ``start_position``)
+    may return an id to put at a new position instead of sampling one: the duplex layout's
+    user stream comes from live input this way (`duplex_tokens`). A forced id is yielded, fed
+    to the model with the ids around it, and never sampled.
 
     ``decode``: ``"eager"`` runs the model's own forward with transformers' cache (the
     reference); ``"static"`` the `FastDecoder` (a fixed ring cache, no per-token allocation);
@@ -444,8 +449,13 @@ def stream_tokens(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
     fast = fast_decoder(model) if decode != "eager" and use_cache else None
     stream = fast.begin(compiled=decode == "compiled") if fast is not None else None
     for index in range(first, len(prompt) + max_new_tokens):
+        fixed = None
         if index < len(prompt) and not opened[index]:
-            next_id = prompt[index]  # kept: no forward pass needed
+            fixed = prompt[index]  # kept: no forward pass needed
+        elif index >= len(prompt) and forced is not None:
+            fixed = forced(start_position + index)
+        if fixed is not None:
+            next_id = int(fixed)
         else:
             started = _clock(device) if timed else 0.0
             if fast is not None:
@@ -478,6 +488,64 @@ def generate(model, layout: TokenLayout, prompt_ids, max_new_tokens: int,
     """All new ids at once (see `stream_tokens`)."""
     return list(stream_tokens(model, layout, prompt_ids, max_new_tokens, sampling, use_cache,
                               decode=decode))  # fmt: skip
+
+
+class _InputEnded(Exception):
+    """The user's live input has no more groups: the duplex stream ends with it."""
+
+
+def duplex_tokens(model, layout: TokenLayout, prompt_ids, user_groups: Iterable,
+                  sampling: Sampling | None = None, start_position: int = 0,
+                  decode: str = "eager") -> Iterator[dict]:  # fmt: skip
+    """Full duplex: after ``prompt_ids`` (duplex-layout ids, from a group boundary), one group
+    per item of ``user_groups`` (the user's ``codes[K_user, F]`` for that 400 ms, e.g. from
+    Mimi's streaming encoder as they arrive): the user's positions are forced from it, never
+    sampled, while the assistant's text slots and codebooks are sampled around them. Yields
+    ``{"group", "ids", "user_codes"}`` per group; ends when the input does.
+
+    The model hears the user's frame f before it writes its own frame f + 1 (the stream
+    holds each frame's assistant codes, then the user's): it listens while it talks, and may
+    stay silent, back-channel or talk over."""
+    lay = layout
+    if not lay.duplex:
+        raise ValueError("duplex generation needs the duplex layout (user_codebooks > 0)")
+    K, S, F = lay.num_codebooks, lay.text_slots_per_group, lay.frames_per_group
+    prompt = torch.as_tensor(prompt_ids, dtype=torch.long).reshape(-1).tolist()
+    if (start_position + len(prompt)) % lay.group_len:
+        raise ValueError("the prompt must end at a group boundary")
+    source = iter(user_groups)
+    current: dict[int, np.ndarray] = {}
+
+    def forced(position: int) -> int | None:
+        group, within = divmod(position, lay.group_len)
+        if within == 0:  # a group starts: its user input first (none left: the stream ends)
+            try:
+                codes = np.asarray(next(source), dtype=np.int64)
+            except StopIteration:
+                raise _InputEnded from None
+            if codes.shape != (lay.user_codebooks, F):
+                raise ValueError(f"each user group must be codes[{lay.user_codebooks}, {F}], "
+                                 f"got {codes.shape}")  # fmt: skip
+            current.clear()
+            current[group] = codes
+        kind = lay.kind_of(position)
+        if not lay.is_user_kind(kind):
+            return None
+        frame = (within - S) // lay.frame_len
+        return lay.id_range(kind)[0] + int(current[group][kind - 1 - K, frame])
+
+    group = (start_position + len(prompt)) // lay.group_len
+    tokens = stream_tokens(model, lay, prompt, 1 << 40, sampling,
+                           start_position=start_position, decode=decode, forced=forced)
+    ids: list[int] = []
+    try:
+        for token in tokens:
+            ids.append(token)
+            if len(ids) == lay.group_len:
+                yield {"group": group, "ids": ids, "user_codes": current[group]}
+                ids, group = [], group + 1
+    except _InputEnded:
+        return
 
 
 # -- speech in, speech out --------------------------------------------------------------------

@@ -8,6 +8,7 @@ import torch
 
 from speechlm_utils import chat, generate
 from speechlm_utils.audio import MIMI_SAMPLE_RATE_HZ, ffmpeg_exe, load_audio
+from speechlm_utils.generate import Sampling
 from speechlm_utils.model import build_speech_lm
 from speechlm_utils.tokenizer import SpeechTokenizer
 
@@ -465,3 +466,28 @@ def test_a_dropped_model_frees_its_weights_after_fast_decoding(tiny_models, tok)
         assert weights() is None  # freed by reference counting, no collector needed
     finally:
         gc.enable()
+
+
+def test_duplex_generation_forces_the_users_stream_and_samples_the_rest(tiny_models,
+                                                                        text_tokenizer):
+    tok = SpeechTokenizer(text_tokenizer, user_codebooks=1)
+    lay = tok.layout
+    torch.manual_seed(0)
+    lm = build_speech_lm(tiny_models, lay).eval()
+    rng = np.random.default_rng(3)
+    prompt = tok.encode(rng.integers(0, 2048, (4, 10)), [], rng.integers(0, 2048, (1, 10))).ids
+    user = [rng.integers(0, 2048, (1, 5)) for _ in range(4)]
+    runs = {}
+    for decode in ("eager", "static"):
+        groups = list(generate.duplex_tokens(lm, lay, prompt, iter(user), Sampling.greedy(),
+                                             decode=decode))  # fmt: skip
+        assert [g["group"] for g in groups] == [2, 3, 4, 5]  # the input's 4 groups, then stop
+        ids = np.concatenate([g["ids"] for g in groups])
+        assert (lay.kinds_of_ids(ids) == lay.kinds(ids.size, prompt.size)).all()
+        _, codes, heard = tok.decode_streams(ids)
+        assert (heard == np.concatenate(user, axis=1)).all()  # the input, exactly
+        assert codes.shape == (4, 20)
+        runs[decode] = ids
+    assert (runs["eager"] == runs["static"]).all()
+    with pytest.raises(ValueError, match="duplex layout"):
+        next(generate.duplex_tokens(lm, SpeechTokenizer(text_tokenizer).layout, prompt, user))
