@@ -305,6 +305,7 @@ def _download_and_cut(entry, final: Path, tmp: Path, cfg, speech) -> dict:
         raise ScrapeError(f"truncated: {got_s:.1f} s of {info['duration_s']:.1f} s readable")
     src.unlink()  # the download is not kept
     text = _attach_timed_text(entry["url"], tmp / "dl", tmp / "chunks", chunks, got_s, cfg)
+    speaker_source = "sidecar" if any("turns" in c for c in chunks) else None
     dropped = []
     if speech is not None:
         kept = []
@@ -319,7 +320,8 @@ def _download_and_cut(entry, final: Path, tmp: Path, cfg, speech) -> dict:
     meta = {"id": final.name, "codec": info["codec"], "chunk_s": cfg.chunk_s,
             "packet_s": packet_s, "duration_s": round(got_s, 3), "source_bytes": size,
             "dropped_low_speech": len(dropped), "min_speech_ratio": cfg.min_speech_ratio,
-            "text_source": text, "chunks": chunks, "dropped": dropped}  # fmt: skip
+            "text_source": text, "speaker_source": speaker_source, "chunks": chunks,
+            "dropped": dropped}  # fmt: skip
     write_json_atomic(tmp / "chunks" / "chunks.json", meta)
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():  # a crash after the rename but before the manifest line: redo it
@@ -327,7 +329,7 @@ def _download_and_cut(entry, final: Path, tmp: Path, cfg, speech) -> dict:
     (tmp / "chunks").rename(final)
     return {"n_chunks": len(chunks), "duration_s": meta["duration_s"], "bytes": size,
             "codec": info["codec"], "dropped_low_speech": len(dropped),
-            "text_source": text}  # fmt: skip
+            "text_source": text, "speaker_source": speaker_source}  # fmt: skip
 
 
 def _find_timed_text(url: str, dl_dir: Path, cfg: ScrapeConfig) -> tuple[str, Path] | None:
@@ -371,15 +373,24 @@ def _fetch_sidecar(url: str, ext: str, target: Path) -> bool:
 def _attach_timed_text(url: str, dl_dir: Path, chunk_dir_tmp: Path, chunks: list[dict],
                        duration_s: float, cfg: ScrapeConfig) -> str | None:  # fmt: skip
     """Split captions or a sidecar transcript at the chunks' real starts; store each chunk's
-    words (times relative to it) in its entry, and keep the raw file beside the chunks."""
+    words (times relative to it) in its entry, and its speaker turns when the file labels
+    speakers (`speakers.turns_from_file`: who speaks when, for the duplex layout); keep the
+    raw file beside the chunks."""
+    from .speakers import split_turns_by_chunks, turns_from_file
+
     found = _find_timed_text(url, dl_dir, cfg)
     if found is None:
         return None
     source, path = found
     words = parse_file(path)
-    per_chunk = split_by_chunks(words, [c["start_s"] for c in chunks], duration_s)
+    starts = [c["start_s"] for c in chunks]
+    per_chunk = split_by_chunks(words, starts, duration_s)
     for chunk, chunk_words in zip(chunks, per_chunk):
         chunk["words"] = [[w.text, w.start_s, w.end_s] for w in chunk_words]
+    turns = turns_from_file(path)
+    if turns:
+        for chunk, chunk_turns in zip(chunks, split_turns_by_chunks(turns, starts, duration_s)):
+            chunk["turns"] = [[t.speaker, t.start_s, t.end_s] for t in chunk_turns]
     shutil.copyfile(path, chunk_dir_tmp / f"{source.split(':')[0]}{path.suffix}")
     return source
 

@@ -217,6 +217,19 @@ def split_turns_by_chunks(turns: list[Turn], chunk_starts_s: list[float],
     return out
 
 
+def turns_from_file(path: str | Path) -> list[Turn]:
+    """Speaker turns a caption or transcript file carries (our JSON's ``speaker`` fields, VTT
+    voice tags); none for formats without speaker labels."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+        return turns_from_transcript(data) if isinstance(data, dict) and "words" in data else []
+    if path.suffix.lower() == ".vtt":
+        return turns_from_vtt(text)
+    return []
+
+
 def to_json(turns: list[Turn], source: str) -> dict:
     """What is stored beside the chunks: ``{"source", "turns": [{speaker, start_s, end_s}]}``."""
     return {"source": source, "turns": [asdict(t) for t in turns]}

@@ -116,6 +116,23 @@ def test_scrape_stores_the_sidecar_split_at_real_chunk_starts(demo_chunks):
     assert {r["text_source"] for r in records} == {"sidecar:json"}
 
 
+def test_scrape_stores_the_sidecars_speaker_turns_per_chunk(demo_chunks):
+    from speechlm_utils import speakers
+
+    for listing in scrape.read_chunk_listings(demo_chunks / "chunks"):
+        assert listing["speaker_source"] == "sidecar"
+        truth = speakers.turns_from_transcript(DEMO_DIR / f"{listing['id']}.json")
+        stored = [speakers.Turn(s, a + c["start_s"], b + c["start_s"])
+                  for c in listing["chunks"] for s, a, b in c["turns"]]  # fmt: skip
+        joined = speakers.merge_turns(stored, gap_s=0.01)  # a turn across a seam is one again
+        assert [t.speaker for t in joined] == [t.speaker for t in truth]
+        for got, want in zip(joined, truth):
+            assert got.start_s == pytest.approx(want.start_s, abs=2e-3)
+            assert got.end_s == pytest.approx(want.end_s, abs=2e-3)
+    records = list(read_jsonl(demo_chunks / "scrape.jsonl"))
+    assert {r["speaker_source"] for r in records} == {"sidecar"}
+
+
 def test_sidecar_text_reaches_the_tokens_and_decodes_back(demo_chunks, tiny_models, codec,
                                                            text_tokenizer):  # fmt: skip
     cfg = TokenizeConfig.from_profile("tiny", workers=0)
