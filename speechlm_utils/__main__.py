@@ -91,7 +91,7 @@ def cmd_scrape(args: argparse.Namespace) -> None:
     cfg = _config(config.ScrapeConfig, args, workers=args.workers, chunk_s=args.chunk_s,
                   max_hours=args.max_hours, cookies_file=args.cookies, proxy=args.proxy,
                   rate_limit_bps=args.rate_limit, speech_filter=args.speech_filter or None,
-                  captions=args.captions or None)  # fmt: skip
+                  captions=args.captions or None, diarize=args.diarize or None)  # fmt: skip
     index_files = args.index or [cfg.data_dir / "index.jsonl"]
     entries = load_index(*index_files)
     if not entries:
@@ -269,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--rate-limit", type=int, help="download bytes/s per video")
     sc.add_argument("--captions", action="store_true",
                     help="also fetch YouTube captions (json3/vtt) for the text channel")
+    sc.add_argument("--diarize", action="store_true",
+                    help="who speaks when, for the duplex layout, from pyannote.audio for the "
+                         "videos whose transcript labels no speakers (needs pyannote.audio and "
+                         "$HF_TOKEN)")
     sc.set_defaults(func=cmd_scrape)
 
     tk = sub.add_parser("tokenize", help=cmd_tokenize.__doc__, parents=[chosen])

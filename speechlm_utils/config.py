@@ -283,6 +283,10 @@ class ScrapeConfig(StageConfig):
     captions: bool = False  # also fetch YouTube captions (human, else automatic) via yt-dlp
     caption_langs: tuple[str, ...] = ("en", "en-US", "en-GB")  # first available wins
     sidecar: bool = True  # also fetch a transcript (.json/.vtt/.srt) beside non-YouTube media
+    # who speaks when, for the duplex layout: a transcript's speaker labels always; with
+    # diarize, pyannote's pipeline for the videos without (pip install pyannote.audio, and a
+    # Hugging Face token that accepted its terms)
+    diarize: bool = False
 
     _tiny: ClassVar[dict] = {"workers": 2, "min_free_gb": 0.5}
 
@@ -300,6 +304,14 @@ class TokenizeConfig(StageConfig):
     text_source: str = "whisper"  # whisper | captions (any stored timed text) | sidecar
     min_duration_s: float = 1.0  # shorter streams (runs of good chunks) are skipped
     silence_dbfs: float = -60.0  # quieter chunks are skipped as silent
+    max_video_s: float | None = None  # only each video's chunks starting before this (a look)
+    # the duplex layout (stage 08): K_user codebooks of the user's track after the assistant's
+    # K in each frame (0: one mixed stream, the mono layout), the assistant of each example
+    # (most_talkative, least_talkative, a speaker's name, or both: each of the two most
+    # talkative once), and who gets overlapping speech (speakers.OVERLAP_POLICIES)
+    user_codebooks: int = 0
+    assistant: str = "most_talkative"
+    overlap: str = "both"
 
     # tiny: the demo's true transcripts (the random Whisper would write nonsense)
     _tiny: ClassVar[dict] = {"batch_size": 4, "workers": 1, "text_source": "sidecar"}
@@ -397,6 +409,12 @@ class EvalConfig(StageConfig):
 
     _tiny: ClassVar[dict] = {"suites": ("loss", "sanity", "consistency", "demo"),
                              "consistency_prompts": 2}  # fmt: skip
+
+
+def hf_token() -> str | None:
+    """``$HF_TOKEN`` (gated hub weights such as pyannote's), never stored in a config that
+    notebooks print."""
+    return os.environ.get("HF_TOKEN", "").strip() or None
 
 
 def ffmpeg_choice() -> str | None:

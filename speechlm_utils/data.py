@@ -42,14 +42,16 @@ def split_videos(video_ids: list[str], val_fraction: float, seed: int = 0) -> se
 
 
 def video_streams(records: list[dict], tokens_root: str | Path) -> list[tuple[str, list[Path]]]:
-    """(video id, token files in order) per stream, from piece records (`stream_pieces`)."""
-    streams: dict[tuple[str, int], list[dict]] = {}
+    """(video id, token files in order) per stream, from piece records (`stream_pieces`); a
+    duplex root's two examples of a stream (one per assistant) are two streams."""
+    streams: dict[tuple[str, str, int], list[dict]] = {}
     for r in records:
         if r.get("type") == "piece" and r.get("status") == "ok":
-            streams.setdefault((r["video_id"], r.get("stream", 0)), []).append(r)
+            key = (r["video_id"], r.get("role") or "", r.get("stream", 0))
+            streams.setdefault(key, []).append(r)
     root = Path(tokens_root)
     return [(vid, [root / r["tokens"] for r in sorted(pieces, key=lambda r: r["piece"])])
-            for (vid, _), pieces in sorted(streams.items())]  # fmt: skip
+            for (vid, _, _), pieces in sorted(streams.items())]  # fmt: skip
 
 
 @dataclass

@@ -20,6 +20,13 @@ joined by ``start_s``, equal tokenizing its whole audio at once:
   ``<root>/<hh>/<hash>.npy`` and one manifest line per piece (``video_id``, ``stream``,
   ``piece``, ``start_s``, ``tokens``, ``n_tokens``, the words and text statistics).
 
+**Duplex** (``user_codebooks`` > 0, stage 08): each stream is split by its speaker turns (from
+the scrape's ``turns``, `speakers`) into the assistant's and the user's track, both encoded by
+Mimi side by side as lanes of the same batch, with the assistant's words alone in the text
+slots. ``assistant="both"`` makes two examples of every stream, each of the two most talkative
+speakers once the assistant (4 tracks). A video whose chunks carry no turns is skipped with
+its reason.
+
 A stream breaks only where the audio does: a corrupt, empty or silent chunk, or a gap between
 chunks (one the speech filter dropped), ends it, and the next good chunk starts a new stream.
 
@@ -56,6 +63,8 @@ from .audio import (
 from .config import ModelsConfig, TokenizeConfig
 from .manifest import JsonlWriter, atomic_path, in_shard, read_jsonl
 from .scrape import read_chunk_listings
+from .speakers import Turn, merge_turns, pick_assistants, shift_turns, track_gains
+from .speakers import words_of as words_of_speaker
 from .tokenizer import SpeechTokenizer
 from .words import Word
 
@@ -81,7 +90,8 @@ def list_chunk_items(chunks_root: str | Path) -> list[dict]:
                           "video_id": listing["id"], "start_s": chunk["start_s"],
                           "duration_s": chunk["end_s"] - chunk["start_s"],
                           "stored_text": listing.get("text_source") if "words" in chunk else None,
-                          "stored_words": chunk.get("words")})  # fmt: skip
+                          "stored_words": chunk.get("words"), "stored_turns": chunk.get("turns"),
+                          "speaker_source": listing.get("speaker_source")})  # fmt: skip
     return items
 
 
@@ -101,18 +111,26 @@ def stored_words(item: dict, text_source: str) -> tuple[str, list[Word]] | None:
 # -- the token root ---------------------------------------------------------------------------
 
 
-def root_spec(tokenizer: SpeechTokenizer, models: ModelsConfig, text_source: str) -> dict:
-    """What a token root records about its configuration (`layout.json`)."""
+def root_spec(tokenizer: SpeechTokenizer, models: ModelsConfig, text_source: str,
+              cfg: TokenizeConfig | None = None) -> dict:  # fmt: skip
+    """What a token root records about its configuration (`layout.json`); from ``cfg``, the
+    duplex layout's assistant policy and overlap, and ``max_video_s`` when set."""
     if text_source not in TEXT_SOURCES:
         raise ValueError(f"text_source {text_source!r}: use one of {', '.join(TEXT_SOURCES)}")
-    return {**tokenizer.fingerprint(), "text_source": text_source, "lm": str(models.lm),
+    spec = {**tokenizer.fingerprint(), "text_source": text_source, "lm": str(models.lm),
             "mimi": str(models.mimi), "whisper": str(models.whisper)}  # fmt: skip
+    if cfg is not None and tokenizer.layout.duplex:
+        spec.update(assistant=cfg.assistant, overlap=cfg.overlap)
+    if cfg is not None and cfg.max_video_s is not None:
+        spec["max_video_s"] = cfg.max_video_s
+    return spec
 
 
-def config_digest(tokenizer: SpeechTokenizer, models: ModelsConfig, text_source: str) -> str:
+def config_digest(tokenizer: SpeechTokenizer, models: ModelsConfig, text_source: str,
+                  cfg: TokenizeConfig | None = None) -> str:  # fmt: skip
     """A short hash of everything that changes the ids (model files by name, so a moved data
     directory keeps its digest)."""
-    spec = root_spec(tokenizer, models, text_source)
+    spec = root_spec(tokenizer, models, text_source, cfg)
     spec.update(lm=None, mimi=Path(models.mimi).name, whisper=Path(models.whisper).name)
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -121,7 +139,9 @@ def _describe(spec: dict) -> str:
     return (f"text tokenizer {spec.get('text_tokenizer_sha1')} from {spec.get('lm')}, "
             f"K={spec.get('num_codebooks')}, {spec.get('text_slots_per_group')} text slots, "
             f"lead {spec.get('text_lead_s')} s, text from {spec.get('text_source')}, "
-            f"Mimi {Path(str(spec.get('mimi'))).name}")  # fmt: skip
+            f"Mimi {Path(str(spec.get('mimi'))).name}" +
+            (f", duplex with {spec['user_codebooks']} user codebooks, assistant "
+             f"{spec.get('assistant')}" if spec.get("user_codebooks") else ""))  # fmt: skip
 
 
 def claim_token_root(tokens_root: str | Path, spec: dict, digest: str) -> None:
@@ -176,7 +196,7 @@ def read_token_manifests(tokens_root: str | Path) -> list[dict]:
     latest: dict[tuple, dict] = {}
     for path in sorted(Path(tokens_root).glob("manifest*.jsonl")):
         for r in read_jsonl(path):
-            latest[(r.get("type"), r.get("video_id"), r.get("chunk"))] = r
+            latest[(r.get("type"), r.get("video_id"), r.get("chunk"), r.get("role"))] = r
     done = {r["video_id"] for r in latest.values() if r.get("type") == "video"}
     records = [r for r in latest.values() if r.get("type") != "piece" or r["video_id"] in done]
     return sorted(records, key=lambda r: (r.get("video_id") or "", r.get("type") != "piece",
@@ -188,14 +208,19 @@ def stream_pieces(tokens_root: str | Path) -> list[dict]:
     return [r for r in read_token_manifests(tokens_root) if r.get("type") == "piece"]
 
 
-def video_stream(tokens_root: str | Path, video_id: str,
-                 stream: int = 0) -> tuple[np.ndarray, list[Word], list[float]]:  # fmt: skip
+def video_stream(tokens_root: str | Path, video_id: str, stream: int = 0, role: str | None = None
+                 ) -> tuple[np.ndarray, list[Word], list[float]]:  # fmt: skip
     """A video's stream joined from its pieces: the ids ``[N]``, its words on the stream's
-    timeline, and each piece's start in seconds on that timeline (the seams)."""
+    timeline, and each piece's start in seconds on that timeline (the seams). A duplex root's
+    ``role`` is the assistant of the example (default: the first one stored)."""
     pieces = [r for r in stream_pieces(tokens_root)
               if r["video_id"] == video_id and r.get("stream", 0) == stream]  # fmt: skip
+    if pieces:
+        role = pieces[0].get("role") if role is None else role
+        pieces = [r for r in pieces if r.get("role") == role]
     if not pieces:
-        raise KeyError(f"{tokens_root} holds no stream {stream} of video {video_id!r}")
+        raise KeyError(f"{tokens_root} holds no stream {stream} of video {video_id!r}"
+                       + (f" with assistant {role!r}" if role else ""))
     t0 = pieces[0]["start_s"]
     ids = np.concatenate([load_tokens(tokens_root, r) for r in pieces])
     words = [w.shifted(r["start_s"] - t0) for r in pieces for w in words_of(r)]
@@ -210,6 +235,19 @@ def load_tokens(tokens_root: str | Path, record: dict) -> np.ndarray:
 def words_of(record: dict) -> list[Word]:
     """The timed words stored in a piece's record (times relative to the piece's start)."""
     return [Word(t, s, e, p) for t, s, e, p in record.get("words", [])]
+
+
+def turns_of(record: dict) -> list[Turn]:
+    """A duplex piece's speaker turns (times relative to the piece's start)."""
+    return [Turn(who, s, e) for who, s, e in record.get("turns", [])]
+
+
+def video_turns(chunks: list[dict]) -> list[Turn]:
+    """A video's speaker turns on its timeline, from its chunk items' stored turns (chunk
+    time; a turn cut at a seam is joined again)."""
+    return merge_turns(t for c in chunks
+                       for t in shift_turns(turns_of({"turns": c.get("stored_turns") or []}),
+                                            c["start_s"]))  # fmt: skip
 
 
 def piece_audio(chunks_root: str | Path, record: dict,
@@ -263,8 +301,11 @@ class _Stream:
     pending: deque = field(default_factory=deque)  # audio placed, not yet fed to Mimi
     pending_samples: int = 0
     placed_samples: int = 0  # timeline length so far
-    codes: list[torch.Tensor] = field(default_factory=list)  # [K, n] per round
+    codes: list[torch.Tensor] = field(default_factory=list)  # [tracks, K, n] per round
     ending: bool = False  # no more audio comes: feed the rest, then finish
+    turns: list[Turn] = field(default_factory=list)  # duplex: who speaks when (stream time)
+    roles: list[str] = field(default_factory=list)  # duplex: the assistant of each example
+    fed_samples: int = 0  # timeline samples given to Mimi so far
 
     def end_s(self) -> float:
         return self.start_s + self.placed_samples / MIMI_SAMPLE_RATE_HZ
@@ -321,6 +362,7 @@ class TokenizeSummary:
     done_before: int = 0  # chunks of videos finished in an earlier run
     videos: int = 0  # finished in this run
     streams: int = 0
+    examples: int = 0  # duplex: streams x assistants (one example per assistant)
     seams: int = 0  # chunk boundaries joined inside streams
     ok: int = 0  # pieces stored (one per good chunk)
     skipped: dict[str, str] = field(default_factory=dict)  # chunk -> reason
@@ -343,7 +385,8 @@ class TokenizeSummary:
             pad = float(np.mean(self.pad_shares)) if self.pad_shares else 0.0
             lines += [
                 f"videos: {self.videos} as {self.streams} stream(s), {self.seams} chunk seams "
-                "joined inside them",
+                "joined inside them" + (f"; {self.examples} duplex example(s), one per "
+                                        "assistant" if self.examples else ""),
                 f"audio: {self.audio_s / 60:.1f} min -> {self.tokens:,} tokens in "
                 f"{self.seconds:.1f} s ({self.realtime_factor:.1f}x realtime)",
                 f"text: mean pad share {pad:.2f}, largest spill lag {self.max_lag_s:.1f} s, "
@@ -368,6 +411,7 @@ class _Run:
         self.round_samples = max(1, round(ROUND_S / lay.group_duration_s)) * self.group_samples
         self.prefetch = 2 + math.ceil(ROUND_S / 10.0)  # decoded chunks kept ahead per lane
         self.to_align: list[dict] = []
+        self.tracks = tracks_per_lane(cfg)  # encoder rows per lane
 
     # -- feeding lanes --
 
@@ -423,6 +467,9 @@ class _Run:
                 return
             if stream is None:
                 lane.stream = stream = _Stream(chunk["video_id"], lane.streams, chunk["start_s"])
+                if lane.video.get("roles"):
+                    stream.turns = shift_turns(lane.video["turns"], -chunk["start_s"])
+                    stream.roles = lane.video["roles"]
                 lane.streams += 1
                 resets.append(index)
             stream.add(chunk)
@@ -441,18 +488,35 @@ class _Run:
     # -- one round of Mimi over all lanes --
 
     def encode_round(self, lanes: list[_Lane], encoder, resets: list[int]) -> None:
+        """One round of Mimi over every lane's next samples: the mix (mono), or each example's
+        assistant and user tracks (duplex: rows ``lane * tracks + 2 * role (+ 1)``)."""
         active = [(i, lane.stream) for i, lane in enumerate(lanes) if lane.stream is not None]
         need = max(min(s.pending_samples, self.round_samples) for _, s in active)
         n = max(self.group_samples, math.ceil(need / self.group_samples) * self.group_samples)
-        wav = torch.zeros(len(lanes), 1, n)
+        T = self.tracks
+        wav = torch.zeros(len(lanes) * T, 1, n)
         for i, stream in active:
             piece = stream.take(n)
-            wav[i, 0, : piece.size] = torch.from_numpy(piece)
+            for row, track in enumerate(self.split(stream, piece)):
+                wav[i * T + row, 0, : piece.size] = torch.from_numpy(track)
+            stream.fed_samples += piece.size
             self.bar.update(piece.size / MIMI_SAMPLE_RATE_HZ)
-        encoder.reset(resets)
-        codes = encoder.encode(wav)  # [B, K, n / 1920]
-        for i, stream in active:
-            stream.codes.append(codes[i].clone())  # not a view holding the whole batch
+        encoder.reset([i * T + row for i in resets for row in range(T)])
+        codes = encoder.encode(wav)  # [B * T, K, n / 1920]
+        for i, stream in active:  # a clone, not a view holding the whole batch
+            stream.codes.append(codes[i * T : (i + 1) * T].clone())
+
+    def split(self, stream: _Stream, piece: np.ndarray) -> list[np.ndarray]:
+        """The tracks Mimi encodes of the stream's next ``piece`` of the mix: the mix itself
+        (mono), or per example the assistant's track, then the user's (duplex)."""
+        if not stream.roles:
+            return [piece]
+        tracks = []
+        for assistant in stream.roles:
+            mine, theirs = track_gains(stream.turns, assistant, MIMI_SAMPLE_RATE_HZ,
+                                       stream.fed_samples, piece.size, self.cfg.overlap)
+            tracks += [piece * mine, piece * theirs]
+        return tracks
 
     def finish_streams(self, lanes: list[_Lane]) -> None:
         for lane in lanes:
@@ -464,7 +528,8 @@ class _Run:
     # -- writing --
 
     def write_stream(self, lane: _Lane, stream: _Stream) -> None:
-        """Tokenize a finished stream as a whole and store it in pieces, one per chunk."""
+        """Tokenize a finished stream as a whole and store it in pieces, one per chunk (and
+        per example: each assistant of a duplex stream)."""
         lay, sr = self.tokenizer.layout, MIMI_SAMPLE_RATE_HZ
         seconds = stream.placed_samples / sr
         if seconds < self.cfg.min_duration_s:
@@ -474,7 +539,7 @@ class _Run:
                                                "stream)"})  # fmt: skip
             return
         groups = math.ceil(stream.placed_samples / self.group_samples)
-        codes = torch.cat(stream.codes, dim=-1)[:, : groups * lay.frames_per_group].numpy()
+        codes = torch.cat(stream.codes, dim=-1)[..., : groups * lay.frames_per_group].numpy()
         words, sources = [], []
         for chunk in stream.chunks:
             offset_s = chunk["offset"] / sr
@@ -483,30 +548,53 @@ class _Run:
             sources.append(chunk.get("text_source") or
                            stored_words(chunk, self.cfg.text_source)[0])  # fmt: skip
             words += [w.shifted(offset_s) for w in chunk_words]
-        encoded = self.tokenizer.encode(codes, words)
         starts = [min(groups, round(c["offset"] / self.group_samples)) for c in stream.chunks]
         starts[0] = 0
         text_hash = hashlib.sha1("".join(f"{w.text}@{w.start_s:.3f}" for w in words).encode())
+        turns_hash = "".join(f"{t.speaker}@{t.start_s:.3f}-{t.end_s:.3f}" for t in stream.turns)
         stream_hash = hashlib.sha1((self.digest + "".join(c["sha1"] for c in stream.chunks) +
-                                    text_hash.hexdigest()).encode()).hexdigest()  # fmt: skip
-        S, G = lay.text_slots_per_group, lay.group_len
-        slots = [p["slot"] for p in encoded.placements]  # both sorted: pieces by bisect
-        word_starts = [w.start_s for w in words]
+                                    text_hash.hexdigest() + turns_hash).encode()).hexdigest()
         spans = []
         for j in range(len(stream.chunks)):
             a = max(starts[: j + 1])
             spans.append((a, groups if j + 1 == len(starts) else max(a, starts[j + 1])))
+        if not stream.roles:
+            encoded = self.tokenizer.encode(codes[0], words)
+            self.write_pieces(lane, stream, encoded, words, spans, sources, stream_hash)
+        for r, assistant in enumerate(stream.roles):
+            mine = words_of_speaker(words, stream.turns, assistant)
+            user = codes[2 * r + 1, : lay.user_codebooks]
+            encoded = self.tokenizer.encode(codes[2 * r], mine, user_codes=user)
+            self.write_pieces(lane, stream, encoded, mine, spans, sources, stream_hash,
+                              role=assistant)  # fmt: skip
+            self.summary.examples += 1
+        self.summary.streams += 1
+        self.summary.seams += len(stream.chunks) - 1
+        self.summary.audio_s += seconds
+
+    def write_pieces(self, lane: _Lane, stream: _Stream, encoded, words: list[Word],
+                     spans: list[tuple[int, int]], sources: list[str], stream_hash: str,
+                     role: str | None = None) -> None:  # fmt: skip
+        """Store one encoded stream in pieces: chunk j's groups ``spans[j]`` each (a duplex
+        example's pieces also record its assistant, the user and the turns)."""
+        lay = self.tokenizer.layout
+        S, G = lay.text_slots_per_group, lay.group_len
+        slots = [p["slot"] for p in encoded.placements]  # both sorted: pieces by bisect
+        word_starts = [w.start_s for w in words]
         last_written = max(j for j, (a, b) in enumerate(spans) if b > a)
+        duplex = {} if role is None else {"role": role}
+        users = sorted({t.speaker for t in stream.turns} - {role}) if role is not None else []
         for j, chunk in enumerate(stream.chunks):
             a, b = spans[j]
             if b <= a:  # a chunk shorter than half a group: its audio is in its neighbour's piece
                 self.writer.write({"type": "chunk", "chunk": chunk["chunk"],
                                    "video_id": stream.video_id, "status": "merged",
                                    "reason": "under 200 ms: its audio is in the previous piece",
-                                   "config": self.digest})  # fmt: skip
+                                   "config": self.digest, **duplex})  # fmt: skip
                 continue
             ids = encoded.ids[a * G : b * G]
-            name = hashlib.sha1(f"{stream_hash}:{j}".encode()).hexdigest()
+            name = hashlib.sha1(f"{stream_hash}:{j}".encode() if role is None else
+                                f"{stream_hash}:{role}:{j}".encode()).hexdigest()  # fmt: skip
             rel = f"{name[:2]}/{name}.npy"
             with atomic_path(self.tokens_root / rel) as tmp:
                 with open(tmp, "wb") as f:
@@ -535,14 +623,16 @@ class _Run:
                            round(w.probability, 3)] for w in mine],
                 **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()},
             }  # fmt: skip
+            if role is not None:
+                record.update(role=role, user=users, turns=[
+                    [t.speaker, round(max(t.start_s, start_s) - start_s, 3),
+                     round(min(t.end_s, end_s) - start_s, 3)]
+                    for t in stream.turns if t.end_s > start_s and t.start_s < end_s])
             self.writer.write(record)
             lane.pieces += 1
             self.summary.ok += 1
             self.summary.tokens += int(ids.size)
             self.summary.pad_shares.append(stats["pad_share"])
-        self.summary.streams += 1
-        self.summary.seams += len(stream.chunks) - 1
-        self.summary.audio_s += seconds
         self.summary.max_lag_s = max(self.summary.max_lag_s, encoded.stats["max_lag_s"])
         self.summary.overflow_tokens += encoded.stats["overflow_tokens"]
 
@@ -561,6 +651,29 @@ class _Run:
                            "streams": lane.streams, "pieces": lane.pieces})  # fmt: skip
         self.summary.videos += 1
         lane.video = None
+
+
+def tracks_per_lane(cfg: TokenizeConfig) -> int:
+    """Mimi rows per video in a batch: the mix (mono); an assistant's and a user's track per
+    example (duplex: 2, or 4 for ``assistant="both"``)."""
+    if not getattr(cfg, "user_codebooks", 0):
+        return 1
+    return 4 if cfg.assistant == "both" else 2
+
+
+def speaker_roles(video: dict, cfg: TokenizeConfig) -> str | None:
+    """Give a duplex video its turns (video time) and the assistant of each example (`roles`);
+    the reason it cannot be tokenized in the duplex layout, or None."""
+    turns = video_turns(video["chunks"])
+    if not turns:
+        return ("no speaker turns (the duplex layout needs who speaks when): scrape with a "
+                "transcript that labels speakers, or with --diarize")  # fmt: skip
+    try:
+        video["roles"] = pick_assistants(turns, cfg.assistant)
+    except ValueError as err:
+        return str(err)
+    video["turns"] = turns
+    return None
 
 
 def group_videos(items: list[dict]) -> list[dict]:
@@ -610,9 +723,10 @@ def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | P
                 "tokenize into a new root")  # fmt: skip
         models = followed
     tokenizer = SpeechTokenizer.from_config(text_tokenizer or load_text_tokenizer(models), cfg)
-    digest = config_digest(tokenizer, models, cfg.text_source)
-    claim_token_root(tokens_root, root_spec(tokenizer, models, cfg.text_source), digest)
-    items = [it for it in list_chunk_items(chunks_root) if in_shard(it["video_id"], shard, rank)]
+    digest = config_digest(tokenizer, models, cfg.text_source, cfg)
+    claim_token_root(tokens_root, root_spec(tokenizer, models, cfg.text_source, cfg), digest)
+    items = [it for it in list_chunk_items(chunks_root) if in_shard(it["video_id"], shard, rank)
+             and (cfg.max_video_s is None or it["start_s"] < cfg.max_video_s)]
     manifest = manifest_path(tokens_root, shard, rank)
     done = {r["video_id"] for r in read_jsonl(manifest) if r.get("type") == "video"}
     videos = group_videos(items)
@@ -622,26 +736,39 @@ def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | P
                               sum(len(v["chunks"]) for v in todo))  # fmt: skip
     if not todo:
         return summary
+    unusable = {}
+    if tokenizer.layout.duplex:
+        for video in todo:
+            reason = speaker_roles(video, cfg)
+            if reason:
+                unusable[video["video_id"]] = reason
     todo.sort(key=lambda v: (-sum(c["duration_s"] for c in v["chunks"]), v["video_id"]))
     codec = codec or Codec.load(models, cfg.num_codebooks, device)
     if codec.num_codebooks != cfg.num_codebooks:
         codec.set_num_codebooks(cfg.num_codebooks)
-    needs_whisper = any(stored_words(c, cfg.text_source) is None for v in todo for c in v["chunks"])
+    needs_whisper = any(stored_words(c, cfg.text_source) is None for v in todo
+                        if v["video_id"] not in unusable for c in v["chunks"])  # fmt: skip
     if needs_whisper and aligner is None:  # Whisper is loaded only when some chunk needs it
         aligner = Aligner.load(models, device)
     if lanes is None:
         lanes = cfg.batch_size if str(device).startswith("cuda") else 1
-    lanes_n = max(1, min(lanes, len(todo)))
+    lanes_n = max(1, min(lanes, len(todo) - len(unusable)))
     start = time.perf_counter()
     total_s = sum(c["duration_s"] for v in todo for c in v["chunks"])
     bar = tqdm(total=round(total_s, 1), unit="s", desc="tokenize", disable=not progress,
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
-    queue = deque(todo)
+    queue = deque(v for v in todo if v["video_id"] not in unusable)
     with JsonlWriter(manifest) as writer, \
             ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool, \
-            codec.stream_encoder(lanes_n, cfg.frames_per_group) as encoder:  # fmt: skip
+            codec.stream_encoder(lanes_n * tracks_per_lane(cfg),
+                                 cfg.frames_per_group) as encoder:  # fmt: skip
         run = _Run(cfg, tokenizer, digest, tokens_root, writer, codec, aligner, summary, bar,
                    pool)  # fmt: skip
+        for video in [v for v in todo if v["video_id"] in unusable]:
+            for chunk in video["chunks"]:
+                run.record_problem({**chunk, "status": "skipped",
+                                    "reason": unusable[video["video_id"]]})
+            run.finish_video(_Lane(video=video))
         lanes = [_Lane() for _ in range(lanes_n)]
         try:
             while True:

@@ -5,9 +5,12 @@ post-processing) into ``<out>/.tmp/<id>/``; ffmpeg's segment muxer cuts it as it
 (``-c copy -map 0:a:0``, so a video stream is never kept) into
 ``<out>/<id[:2]>/<id>/<id>_%05d.<ext>`` with the codec untouched; the chunk folder appears
 atomically (built in the temp folder, then renamed) with ``chunks.json`` listing each chunk's
-real start and end, the source's packet length, and the chunks the speech filter dropped. The
-download is removed. Each video gets one line in ``scrape.jsonl``:
-``ok``, ``failed`` (with a short reason) or ``skipped``.
+real start and end, the source's packet length, and the chunks the speech filter dropped. A
+transcript or captions found beside the media are split at the chunks' starts into each chunk's
+words, and into its speaker turns when they label speakers (``speaker_source`` sidecar);
+``--diarize`` gives the videos without labels turns from pyannote (``speaker_source``
+diarization), for the duplex layout (stage 08). The download is removed. Each video gets one
+line in ``scrape.jsonl``: ``ok``, ``failed`` (with a short reason) or ``skipped``.
 
 Failures never stop the run; a re-run skips every video with a line (``--retry-failed`` redoes
 the failed ones), and anything a crash or Ctrl-C left in ``.tmp`` is removed and redone.
@@ -266,7 +269,7 @@ class SpeechFilter:
 
 
 def scrape_video(entry: dict, out_root: Path, cfg: ScrapeConfig,
-                 speech: SpeechFilter | None = None) -> dict:  # fmt: skip
+                 speech: SpeechFilter | None = None, diarizer=None) -> dict:  # fmt: skip
     """Download and chunk one video; the manifest record (never raises for a bad video)."""
     start = time.perf_counter()
     record = {"id": entry.get("id"), "url": entry.get("url"), "status": "failed", "reason": None,
@@ -277,7 +280,7 @@ def scrape_video(entry: dict, out_root: Path, cfg: ScrapeConfig,
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "dl").mkdir(parents=True)
         try:
-            record.update(_download_and_cut(entry, final, tmp, cfg, speech))
+            record.update(_download_and_cut(entry, final, tmp, cfg, speech, diarizer))
             record["status"], record["reason"] = "ok", None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -289,7 +292,7 @@ def scrape_video(entry: dict, out_root: Path, cfg: ScrapeConfig,
     return record
 
 
-def _download_and_cut(entry, final: Path, tmp: Path, cfg, speech) -> dict:
+def _download_and_cut(entry, final: Path, tmp: Path, cfg, speech, diarizer=None) -> dict:
     src = download_audio(entry["url"], tmp / "dl", cfg)
     size = src.stat().st_size
     if size == 0:
@@ -303,9 +306,17 @@ def _download_and_cut(entry, final: Path, tmp: Path, cfg, speech) -> dict:
     got_s = chunks[-1]["end_s"]
     if info["duration_s"] and got_s < info["duration_s"] - max(2.0, 0.02 * info["duration_s"]):
         raise ScrapeError(f"truncated: {got_s:.1f} s of {info['duration_s']:.1f} s readable")
-    src.unlink()  # the download is not kept
     text = _attach_timed_text(entry["url"], tmp / "dl", tmp / "chunks", chunks, got_s, cfg)
     speaker_source = "sidecar" if any("turns" in c for c in chunks) else None
+    if diarizer is not None and speaker_source is None:  # true labels win over a model's
+        from .speakers import split_turns_by_chunks
+
+        turns = diarizer.turns(load_audio(src, WHISPER_SAMPLE_RATE_HZ))
+        starts = [c["start_s"] for c in chunks]
+        for chunk, part in zip(chunks, split_turns_by_chunks(turns, starts, got_s)):
+            chunk["turns"] = [[t.speaker, t.start_s, t.end_s] for t in part]
+        speaker_source = "diarization"
+    src.unlink()  # the download is not kept
     dropped = []
     if speech is not None:
         kept = []
@@ -455,6 +466,12 @@ def run_scrape(cfg: ScrapeConfig, entries: list[dict], out_root: str | Path,
     summary = ScrapeSummary(videos_total=len(entries), skipped_done=len(entries) - len(todo))
     _clean_leftovers(out_root, todo)
     speech = SpeechFilter() if cfg.speech_filter else None
+    diarizer = None
+    if cfg.diarize and todo:
+        from .config import hf_token
+        from .speakers import Diarizer
+
+        diarizer = Diarizer(hf_token())
     start = time.perf_counter()
     total_h = sum((e.get("duration_s") or 0) for e in todo) / 3600
     bar = tqdm(total=round(total_h, 3), desc="scrape", unit="h", disable=not progress or not todo,
@@ -473,7 +490,8 @@ def run_scrape(cfg: ScrapeConfig, entries: list[dict], out_root: str | Path,
                     if summary.stopped:
                         break
                     entry = queue.pop(0)
-                    pending[pool.submit(scrape_video, entry, out_root, cfg, speech)] = entry
+                    pending[pool.submit(scrape_video, entry, out_root, cfg, speech,
+                                        diarizer)] = entry  # fmt: skip
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)

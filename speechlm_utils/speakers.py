@@ -101,34 +101,61 @@ def turns_from_vtt(text: str, gap_s: float = MERGE_GAP_S) -> list[Turn]:
     return merge_turns(turns, gap_s)
 
 
-def diarize(wav16: np.ndarray, token: str | None = None, pipeline=None,
-            device: str = "cpu") -> list[Turn]:  # fmt: skip
-    """Turns found by pyannote.audio's pretrained pipeline on 16 kHz mono audio. It needs
-    ``pip install pyannote.audio`` and a Hugging Face token that accepted the pipeline's terms;
-    without them this raises a message saying so (use the ``sidecar`` source instead)."""
-    if pipeline is None:
-        try:
-            from pyannote.audio import Pipeline
-        except ImportError as err:
-            raise RuntimeError("speaker diarization needs pyannote.audio: pip install "
-                               "pyannote.audio, or use speaker labels that come with the "
-                               "transcript (--speakers sidecar)") from err  # fmt: skip
+def load_diarization(token: str | None = None, device: str = "cpu"):
+    """pyannote.audio's pretrained diarization pipeline on ``device``. It needs ``pip install
+    pyannote.audio`` and a Hugging Face token that accepted the pipeline's terms; without them
+    this raises a message saying so (the ``sidecar`` source needs neither)."""
+    try:
+        from pyannote.audio import Pipeline
+    except ImportError as err:
+        raise RuntimeError("speaker diarization needs pyannote.audio: pip install "
+                           "pyannote.audio, or use the speaker labels a transcript carries "
+                           "(the sidecar source: scrape without --diarize)") from err  # fmt: skip
+    try:
         try:
             pipeline = Pipeline.from_pretrained(DIARIZATION_PIPELINE, token=token)
-        except Exception as err:  # gated weights: a missing or unaccepted token
-            raise RuntimeError(f"could not load {DIARIZATION_PIPELINE}: accept its terms on "
-                               "huggingface.co and pass a token (HF_TOKEN); or use "
-                               "--speakers sidecar") from err  # fmt: skip
-        import torch
-
-        pipeline.to(torch.device(device))
+        except TypeError:  # pyannote.audio 3.x names it use_auth_token
+            pipeline = Pipeline.from_pretrained(DIARIZATION_PIPELINE, use_auth_token=token)
+        if pipeline is None:  # 3.x returns None when the weights are gated
+            raise PermissionError("gated")
+    except Exception as err:  # gated weights: a missing or unaccepted token
+        raise RuntimeError(f"could not load {DIARIZATION_PIPELINE}: accept its terms on "
+                           "huggingface.co and pass a token (HF_TOKEN); or use the sidecar "
+                           "source (scrape without --diarize)") from err  # fmt: skip
     import torch
 
+    return pipeline.to(torch.device(device)) or pipeline
+
+
+def diarize(wav16: np.ndarray, token: str | None = None, pipeline=None,
+            device: str = "cpu") -> list[Turn]:  # fmt: skip
+    """Turns found by a diarization ``pipeline`` (default: `load_diarization`'s) on 16 kHz
+    mono audio ``[T]``."""
+    import torch
+
+    pipeline = pipeline or load_diarization(token, device)
     result = pipeline({"waveform": torch.from_numpy(np.asarray(wav16, np.float32))[None],
                        "sample_rate": 16_000})  # fmt: skip
     annotation = getattr(result, "speaker_diarization", result)
     return merge_turns(Turn(str(label), float(seg.start), float(seg.end))
                        for seg, _, label in annotation.itertracks(yield_label=True))
+
+
+class Diarizer:
+    """One diarization pipeline for a whole scrape run, shared by its threads (one video at a
+    time: the pipeline is not thread-safe, and a GPU holds one copy)."""
+
+    def __init__(self, token: str | None = None, device: str | None = None, pipeline=None):
+        import threading
+
+        from .config import pick_device
+
+        self.pipeline = pipeline or load_diarization(token, device or pick_device())
+        self._lock = threading.Lock()
+
+    def turns(self, wav16: np.ndarray) -> list[Turn]:
+        with self._lock:
+            return diarize(wav16, pipeline=self.pipeline)
 
 
 def speaking_time(turns: list[Turn]) -> dict[str, float]:
@@ -137,6 +164,9 @@ def speaking_time(turns: list[Turn]) -> dict[str, float]:
     for t in turns:
         totals[t.speaker] = totals.get(t.speaker, 0.0) + t.duration_s
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+ASSISTANT_POLICIES = ("most_talkative", "least_talkative", "both")
 
 
 def pick_assistant(turns: list[Turn], policy: str = "most_talkative") -> str:
@@ -152,7 +182,19 @@ def pick_assistant(turns: list[Turn], policy: str = "most_talkative") -> str:
     if policy in totals:
         return policy
     raise ValueError(f"assistant {policy!r} is not a speaker here ({', '.join(totals)}); use "
-                     "most_talkative, least_talkative or one of those names")  # fmt: skip
+                     "most_talkative, least_talkative, both or one of those names")  # fmt: skip
+
+
+def pick_assistants(turns: list[Turn], policy: str = "most_talkative") -> list[str]:
+    """The assistant of each training example a video gives: one (`pick_assistant`), or for
+    ``both`` the two most talkative speakers in turn (each one the assistant once, everyone
+    else the user: a conversation seen from both sides)."""
+    if policy == "both":
+        totals = speaking_time(turns)
+        if not totals:
+            raise ValueError("no speaker turns: nothing to pick the assistant from")
+        return list(totals)[:2]
+    return [pick_assistant(turns, policy)]
 
 
 def speaker_of(word: Word, turns: list[Turn]) -> str | None:
@@ -171,28 +213,40 @@ def words_of(words: list[Word], turns: list[Turn], speaker: str) -> list[Word]:
     return [w for w in words if speaker_of(w, turns) == speaker]
 
 
-def track_masks(turns: list[Turn], assistant: str, n_samples: int, sample_rate_hz: int,
-                overlap: str = "both") -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Per-sample gains ``[T]`` in [0, 1] of the assistant's and the user's track (every
-    other speaker is the user), with `FADE_S` ramps at turn edges; see the overlap policy in
-    the module doc."""
+def track_gains(turns: list[Turn], assistant: str, sample_rate_hz: int, start: int,
+                n_samples: int, overlap: str = "both"
+                ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Gains ``[n_samples]`` in [0, 1] of the assistant's and the user's track (every other
+    speaker is the user) for samples ``start .. start + n_samples`` of the turns' timeline,
+    with `FADE_S` ramps at turn edges; see the overlap policy in the module doc. Any window
+    gives the same gains as the whole timeline cut there (a stream is encoded in pieces)."""
     if overlap not in OVERLAP_POLICIES:
         raise ValueError(f"overlap must be one of {OVERLAP_POLICIES}, got {overlap!r}")
-    masks = {True: np.zeros(n_samples, np.float32), False: np.zeros(n_samples, np.float32)}
+    fade = max(1, int(FADE_S * sample_rate_hz))
+    lo = start - fade  # a margin on each side, so the ramps do not depend on the window
+    size = n_samples + 2 * fade
+    masks = {True: np.zeros(size, np.float32), False: np.zeros(size, np.float32)}
     for t in turns:
-        a = max(0, int(round(t.start_s * sample_rate_hz)))
-        b = min(n_samples, int(round(t.end_s * sample_rate_hz)))
-        masks[t.speaker == assistant][a:b] = 1.0
+        a = max(0, int(round(t.start_s * sample_rate_hz)) - lo)
+        b = min(size, int(round(t.end_s * sample_rate_hz)) - lo)
+        if a < b:
+            masks[t.speaker == assistant][a:b] = 1.0
     mine, theirs = masks[True], masks[False]
     both = (mine > 0) & (theirs > 0)
     if overlap == "assistant":
         theirs[both] = 0.0
     elif overlap == "user":
         mine[both] = 0.0
-    fade = max(1, int(FADE_S * sample_rate_hz))
     kernel = np.ones(fade, np.float32) / fade
-    return (np.convolve(mine, kernel, "same").clip(0, 1),
-            np.convolve(theirs, kernel, "same").clip(0, 1))  # fmt: skip
+    cut = slice(fade, fade + n_samples)
+    return (np.convolve(mine, kernel, "same")[cut].clip(0, 1),
+            np.convolve(theirs, kernel, "same")[cut].clip(0, 1))  # fmt: skip
+
+
+def track_masks(turns: list[Turn], assistant: str, n_samples: int, sample_rate_hz: int,
+                overlap: str = "both") -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """`track_gains` over a whole recording of ``n_samples``."""
+    return track_gains(turns, assistant, sample_rate_hz, 0, n_samples, overlap)
 
 
 def split_tracks(wav: np.ndarray, sample_rate_hz: int, turns: list[Turn], assistant: str,
@@ -201,6 +255,11 @@ def split_tracks(wav: np.ndarray, sample_rate_hz: int, turns: list[Turn], assist
     wav = np.asarray(wav, np.float32)
     mine, theirs = track_masks(turns, assistant, wav.size, sample_rate_hz, overlap)
     return wav * mine, wav * theirs
+
+
+def shift_turns(turns: list[Turn], offset_s: float) -> list[Turn]:
+    """The turns ``offset_s`` later (e.g. from a chunk's time to its video's)."""
+    return [Turn(t.speaker, t.start_s + offset_s, t.end_s + offset_s) for t in turns]
 
 
 def split_turns_by_chunks(turns: list[Turn], chunk_starts_s: list[float],

@@ -145,12 +145,14 @@ def test_batched_lanes_match_one_lane(run, sidecar_tree, tmp_path, text_tokenize
         assert (a[~text] == b[~text]).mean() > 0.97
 
 
-def _pcm_tree(root, wav, words, chunk_s, video_id="conv"):
+def _pcm_tree(root, wav, words, chunk_s, video_id="conv", turns=None):
     """A video as exact PCM chunks of ``chunk_s`` with a sidecar transcript split at the real
-    chunk starts (what scrape stores), so chunked and whole audio are sample-identical."""
+    chunk starts (what scrape stores), so chunked and whole audio are sample-identical; with
+    speaker ``turns``, each chunk's turns too."""
     import soundfile as sf
 
     from speechlm_utils.captions import split_by_chunks
+    from speechlm_utils.speakers import split_turns_by_chunks
 
     folder = root / video_id[:2] / video_id
     folder.mkdir(parents=True)
@@ -163,6 +165,10 @@ def _pcm_tree(root, wav, words, chunk_s, video_id="conv"):
         sf.write(folder / name, wav[s : s + step], 24000, subtype="FLOAT")
         chunks.append({"file": name, "start_s": s / 24000, "end_s": min(wav.size, s + step) / 24000,
                        "words": [[w.text, w.start_s, w.end_s] for w in chunk_words]})  # fmt: skip
+    if turns:
+        for chunk, part in zip(chunks, split_turns_by_chunks(turns, [s / 24000 for s in starts],
+                                                            wav.size / 24000)):  # fmt: skip
+            chunk["turns"] = [[t.speaker, t.start_s, t.end_s] for t in part]
     (folder / "chunks.json").write_text(json.dumps({"id": video_id, "chunks": chunks,
                                                     "text_source": "sidecar:json"}))  # fmt: skip
     return root
@@ -177,15 +183,18 @@ def _conversations():
 
     voices = [(load_audio(DEMO_DIR / f), parse_file(DEMO_DIR / j)) for f, j in
               (("demo_ep_001.webm", "demo_ep_001.json"), ("demo_ep_002.m4a", "demo_ep_002.json"))]
-    turns, words, t = [], [], 0.0
+    from speechlm_utils.speakers import Turn
+
+    turns, words, speakers, t = [], [], [], 0.0
     for i, (a, b) in enumerate([(0, 5.2), (3, 9.8), (5.2, 11.0), (9.8, 14.1), (11.0, 17.3)]):
         wav, truth = voices[i % 2]
         turns.append(wav[round(a * SR) : round(b * SR)])
         words += [w.shifted(t - a) for w in truth if a <= w.start_s < b]
+        speakers.append(Turn("ab"[i % 2], t, t + b - a))
         t += b - a
     demo_wav, demo_words = voices[0]
     return {"demo": (demo_wav[: 30 * SR], [w for w in demo_words if w.start_s < 30]),
-            "synthetic": (np.concatenate(turns), words)}
+            "synthetic": (np.concatenate(turns), words), "synthetic_turns": speakers}
 
 
 @pytest.mark.parametrize(("name", "chunk_s"), [("demo", 10.0), ("synthetic", 10.0),
@@ -289,3 +298,58 @@ def test_torchrun_ranks_split_exactly_a_hosts_shard(run, sidecar_tree, tmp_path)
         run(sidecar_tree, tmp_path / "ranks" / "tokens", rank=(r, 2))
     run(sidecar_tree, tmp_path / "one" / "tokens")
     assert outputs(tmp_path / "ranks" / "tokens") == outputs(tmp_path / "one" / "tokens")
+
+
+# -- the duplex layout (stage 08) ---------------------------------------------------------------
+
+
+def test_duplex_examples_are_one_stream_per_video_with_each_speakers_words(run, tmp_path,
+                                                                          text_tokenizer):
+    """Two speakers, both as the assistant once: per example, chunked equals whole (the tracks
+    are cut from one timeline), the text slots hold only the assistant's words, and the two
+    examples mirror each other (one's user track is the other's assistant track)."""
+    from speechlm_utils.speakers import words_of
+
+    conv = _conversations()
+    wav, words = conv["synthetic"]
+    wav, words = wav[: 15 * 24000], [w for w in words if w.end_s < 15]
+    cfg = {"user_codebooks": 2, "assistant": "both"}
+    streams = {}
+    for label, seconds in (("whole", 1000.0), ("chunked", 7.0)):
+        root = tmp_path / label
+        _pcm_tree(root / "chunks", wav, words, seconds, turns=conv["synthetic_turns"])
+        summary = run(root / "chunks", root / "tokens", cfg=cfg)
+        assert summary.streams == 1 and summary.examples == 2
+        for role in ("a", "b"):
+            streams[label, role] = preprocess.video_stream(root / "tokens", "conv", role=role)[0]
+    tok = SpeechTokenizer(text_tokenizer, user_codebooks=2)
+    lay = tok.layout
+    for role in ("a", "b"):
+        whole, chunked = streams["whole", role], streams["chunked", role]
+        assert whole.size == chunked.size == math.ceil(wav.size / 9600) * lay.group_len
+        assert np.array_equal(whole, chunked)
+        text, codes, user = tok.decode_streams(whole)  # every id of its position's kind
+        assert codes.shape == (4, whole.size // lay.group_len * 5) and user.shape[0] == 2
+        mine = words_of(words, conv["synthetic_turns"], role)
+        assert 0 < len(mine) < len(words)
+        assert text == tok.sp.decode(tok.tokenize_words(mine)[0])  # the assistant's words only
+    _, codes_a, user_a = tok.decode_streams(streams["whole", "a"])
+    _, codes_b, user_b = tok.decode_streams(streams["whole", "b"])
+    assert (user_a == codes_b[:2]).mean() > 0.97 and (user_b == codes_a[:2]).mean() > 0.97
+    pieces = [r for r in preprocess.stream_pieces(tmp_path / "chunked" / "tokens")
+              if r["role"] == "a"]  # fmt: skip
+    assert len(pieces) == 3 and all(r["user"] == ["b"] for r in pieces)
+    assert {t[0] for r in pieces for t in r["turns"]} == {"a", "b"}
+    layout = preprocess.read_token_layout(tmp_path / "whole" / "tokens")
+    assert (layout["user_codebooks"], layout["assistant"], layout["overlap"]) == (2, "both", "both")
+
+
+def test_duplex_skips_a_video_without_speaker_turns_with_its_reason(run, sidecar_tree, tmp_path):
+    tokens = tmp_path / "tokens"
+    summary = run(sidecar_tree, tokens, cfg={"user_codebooks": 1})
+    assert summary.ok == 0 and summary.videos == 3
+    reasons = set(summary.skipped.values())
+    assert any("no speaker turns" in r and "--diarize" in r for r in reasons)
+    assert run(sidecar_tree, tokens, cfg={"user_codebooks": 1}).done_before > 0  # resumable
+    with pytest.raises(preprocess.TokenRootError, match="another configuration"):
+        run(sidecar_tree, tokens)  # a duplex root is not a mono root

@@ -65,6 +65,23 @@ def test_two_tracks_from_one_mix(overlap):
         assert np.all(np.diff(edge) <= 0) and 0 < edge[20] < 1  # a fade, not a click
 
 
+def test_track_gains_of_any_window_equal_the_whole_timeline_cut_there():
+    rate = 1000
+    turns = [Turn("a", 0.0, 2.0), Turn("b", 1.5, 4.0), Turn("a", 4.004, 8.0)]
+    whole = speakers.track_gains(turns, "a", rate, 0, 7000)
+    cuts = [0, 1999, 2003, 4000, 4010, 7000]  # windows ending inside turns and ramps
+    parts = [speakers.track_gains(turns, "a", rate, a, b - a) for a, b in zip(cuts, cuts[1:])]
+    for i in (0, 1):
+        assert np.array_equal(whole[i], np.concatenate([p[i] for p in parts]))
+    assert whole[0][6999] == 1.0  # a turn running past the window is not faded at its end
+
+
+def test_both_roles_are_the_two_most_talkative():
+    turns = [Turn("a", 0, 5), Turn("b", 5, 7), Turn("c", 7, 7.5), Turn("b", 8, 10)]
+    assert speakers.pick_assistants(turns, "both") == ["a", "b"]
+    assert speakers.pick_assistants(turns, "c") == ["c"]
+
+
 def test_turns_split_at_chunk_seams_like_words():
     turns = [Turn("a", 0.0, 25.0), Turn("b", 26.0, 30.0)]
     parts = speakers.split_turns_by_chunks(turns, [0.0, 20.04], 40.0)
@@ -103,3 +120,48 @@ def test_diarization_turns_come_from_the_pipelines_annotation():
     turns = speakers.diarize(np.zeros(16_000, np.float32), pipeline=lambda audio: Annotation())
     assert [(t.speaker, t.start_s, t.end_s) for t in turns] == [("SPEAKER_00", 0.0, 2.0),
                                                                  ("SPEAKER_01", 2.5, 4.0)]
+
+
+def test_scrape_diarizes_a_video_whose_media_comes_without_labels(tmp_path, monkeypatch):
+    """--diarize: the pipeline hears the whole download once (16 kHz), its turns are split at
+    the chunks' real starts, and chunks.json and the manifest say where they came from."""
+    import shutil
+
+    from speechlm_utils import scrape
+    from speechlm_utils.config import ScrapeConfig
+    from speechlm_utils.local_server import serve_directory
+    from speechlm_utils.manifest import read_jsonl
+
+    heard = []
+
+    class Segment:
+        def __init__(self, start, end):
+            self.start, self.end = start, end
+
+    class Annotation:
+        def itertracks(self, yield_label=False):
+            yield Segment(0.0, 25.0), "t0", "SPEAKER_00"
+            yield Segment(26.0, 50.0), "t1", "SPEAKER_01"
+
+    def pipeline(audio):
+        heard.append(audio["waveform"].shape[-1] / audio["sample_rate"])
+        return Annotation()
+
+    monkeypatch.setattr(speakers, "load_diarization", lambda token, device: pipeline)
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(DEMO_DIR / "demo_ep_001.webm", served)  # no transcript beside it
+    with serve_directory(served) as base:
+        entries = [{"id": "ep1", "url": f"{base}/demo_ep_001.webm", "duration_s": 60}]
+        cfg = ScrapeConfig.from_profile("tiny", chunk_s=20.0, diarize=True, sidecar=False)
+        assert scrape.run_scrape(cfg, entries, tmp_path / "chunks", progress=False).ok == 1
+    assert len(heard) == 1 and heard[0] == pytest.approx(60.2, abs=0.1)
+    listing = scrape.read_chunk_listings(tmp_path / "chunks")[0]
+    assert listing["speaker_source"] == "diarization"
+    stored = [(s, a + c["start_s"], b + c["start_s"]) for c in listing["chunks"]
+              for s, a, b in c["turns"]]  # fmt: skip
+    joined = speakers.merge_turns(speakers.Turn(*t) for t in stored)
+    assert [(t.speaker, t.start_s, round(t.end_s, 2)) for t in joined] == [
+        ("SPEAKER_00", 0.0, 25.0), ("SPEAKER_01", 26.0, 50.0)]
+    assert [r["speaker_source"] for r in read_jsonl(scrape.manifest_path(tmp_path / "chunks"))] == [
+        "diarization"]
