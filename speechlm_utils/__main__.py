@@ -112,7 +112,9 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
 
     cfg = _config(config.TokenizeConfig, args, batch_size=args.batch_size, workers=args.workers,
                   num_codebooks=args.num_codebooks, text_lead_s=args.text_lead_s,
-                  text_source=args.text_source)  # fmt: skip
+                  text_source=args.text_source, user_codebooks=args.user_codebooks,
+                  assistant=args.assistant, overlap=args.overlap,
+                  max_video_s=args.max_video_s)  # fmt: skip
     models = _models(args)
     rank, world, local_rank = config.distributed_env()  # torchrun: one process per GPU
     shard = parse_shard(args.shard)
@@ -164,6 +166,11 @@ def cmd_chat(args: argparse.Namespace) -> None:
     model, tokenizer = load_run(args.run, _models(args), device, attention_window=window)
     models = run_models(args.run, _models(args))  # the codec the run's tokens were made with
     codec = Codec.load(models, tokenizer.layout.num_codebooks, device)
+    if args.duplex or tokenizer.layout.duplex:
+        if not args.duplex:
+            raise SystemExit(f"{args.run} was trained on the duplex layout (two speaker "
+                             "streams): talk to it with --duplex")  # fmt: skip
+        return _chat_duplex(args, cfg, model, tokenizer, codec)
     if args.decode:
         decode = args.decode
     elif cfg.decode == "auto":  # one reply: compiling would cost more than it saves
@@ -185,6 +192,39 @@ def cmd_chat(args: argparse.Namespace) -> None:
     print(f"model: {response.text or '(no words)'}")
     print(f"{response.audio_s:.1f} s of audio in {response.seconds:.1f} s (first audio after "
           f"{response.first_audio_s:.2f} s, stopped on {response.stopped}) -> {args.out}")
+
+
+def _chat_duplex(args, cfg, model, tokenizer, codec) -> None:
+    """``chat --duplex``: play the user's file into the model group by group (in real time
+    unless --no-realtime); a stereo wav (you left, the model right) and its text channel."""
+    from .chat import UserInputError
+    from .duplex import DuplexSession, load_user_file, run_file, write_outputs
+    from .generate import Sampling
+
+    try:
+        wav24 = load_user_file(Path(args.audio).name, Path(args.audio).read_bytes())
+    except (OSError, UserInputError) as err:
+        raise SystemExit(str(err)) from err
+    temperature = args.temperature
+    sampling = Sampling(cfg.text_temperature if temperature is None else temperature,
+                        cfg.audio_temperature if temperature is None else temperature,
+                        cfg.top_k, seed=args.seed)  # fmt: skip
+    # auto: compiled on a GPU (a conversation is many groups: compiling pays off)
+    session = DuplexSession(model, tokenizer, codec, sampling, decode=args.decode or "auto")
+    result = run_file(session, wav24, realtime=not args.no_realtime, progress=True)
+    wav, text = write_outputs(result, args.out)
+    t = result.timing()
+    print(f"{len(result.steps)} groups of {t['group_s'] * 1000:.0f} ms: per group listen "
+          f"{t['mean_encode_s'] * 1000:.0f} + think and talk {t['mean_generate_s'] * 1000:.0f} + "
+          f"speak {t['mean_decode_s'] * 1000:.0f} = {t['mean_compute_s'] * 1000:.0f} ms "
+          f"(worst {t['max_compute_s'] * 1000:.0f} ms): "
+          f"{'keeps up with' if t['keeps_up'] else 'slower than'} real time")
+    if "max_lag_s" in t:
+        print(f"played in real time: each reply group came at most {t['max_lag_s']:.2f} s "
+              "after its input ended")
+    words = " ".join(w for _, w in result.text_timeline())
+    print(f"model: {words or '(no words)'}")
+    print(f"-> {wav} (you left, the model right), {text} (the model's text channel)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -284,6 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--num-codebooks", type=int)
     tk.add_argument("--text-lead-s", type=float)
     tk.add_argument("--text-source", choices=["whisper", "captions", "sidecar"])
+    tk.add_argument("--user-codebooks", type=int,
+                    help="the duplex layout (stage 08): the user's codebooks per frame after the "
+                         "assistant's (1 = semantic only .. K); needs speaker turns")
+    tk.add_argument("--assistant",
+                    help="duplex: who the model learns to be: most_talkative (default), "
+                         "least_talkative, a speaker's name, or both (each of the two most "
+                         "talkative once: two examples per video)")
+    tk.add_argument("--overlap", choices=["both", "assistant", "user"],
+                    help="duplex: whose track keeps speech where both talk (default both)")
+    tk.add_argument("--max-video-s", type=float,
+                    help="only each video's chunks starting before this second (a quick look)")
     tk.add_argument("--shard", help="i/n of the videos; under torchrun split again per rank")
     tk.set_defaults(func=cmd_tokenize)
 
@@ -321,8 +372,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     ch = sub.add_parser("chat", help=cmd_chat.__doc__, parents=[chosen])
     ch.add_argument("--run-dir", "--run", dest="run", type=Path, required=True)
-    ch.add_argument("--audio", type=Path, required=True, help="your question (any audio file)")
-    ch.add_argument("--out", type=Path, default=Path("reply.wav"))
+    ch.add_argument("--audio", type=Path, required=True,
+                    help="your question (any audio file); with --duplex, your side of a "
+                         "conversation, played into the model")
+    ch.add_argument("--out", type=Path, default=Path("reply.wav"),
+                    help="the reply; with --duplex a stereo wav (you left, the model right) "
+                         "and OUT.txt, the model's text channel with times")
+    ch.add_argument("--duplex", action="store_true",
+                    help="full duplex (a run trained on the duplex layout, notebook 08): the "
+                         "model listens while it talks, 400 ms at a time")
+    ch.add_argument("--no-realtime", action="store_true",
+                    help="with --duplex: play the file as fast as the model goes, not in real "
+                         "time")
     ch.add_argument("--max-s", type=float, help="longest reply in seconds")
     ch.add_argument("--temperature", type=float, help="for text and audio alike")
     ch.add_argument("--seed", type=int, default=None)

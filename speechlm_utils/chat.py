@@ -39,8 +39,10 @@ class UserInputError(ValueError):
     """Input the user can fix; the message says how."""
 
 
-def decode_user_audio(data: bytes, name: str = "recording") -> tuple[np.ndarray, np.ndarray]:
-    """Bytes of any audio file ffmpeg reads -> (24 kHz, 16 kHz) mono float32 waveforms."""
+def decode_user_audio(data: bytes, name: str = "recording",
+                      max_s: float = MAX_INPUT_S) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Bytes of any audio file ffmpeg reads -> (24 kHz, 16 kHz) mono float32 waveforms; a
+    `UserInputError` for empty, unreadable, too short, silent or longer than ``max_s``."""
     if not data:
         raise UserInputError(f"{name} is empty (0 bytes): record again or pick another file.")
     suffix = Path(name).suffix or ".bin"
@@ -57,9 +59,9 @@ def decode_user_audio(data: bytes, name: str = "recording") -> tuple[np.ndarray,
     seconds = wav24.size / MIMI_SAMPLE_RATE_HZ
     if seconds < MIN_INPUT_S:
         raise UserInputError(f"{name} is only {seconds:.2f} s long: say a little more.")
-    if seconds > MAX_INPUT_S:
-        raise UserInputError(f"{name} is {seconds:.0f} s long; the limit is {MAX_INPUT_S:.0f} s: "
-                             "trim it or record a shorter question.")  # fmt: skip
+    if seconds > max_s:
+        raise UserInputError(f"{name} is {seconds:.0f} s long; the limit is {max_s:.0f} s: "
+                             "trim it or record a shorter one.")  # fmt: skip
     rms = float(np.sqrt(np.mean(wav24**2)))
     if 20 * math.log10(max(rms, 1e-10)) < SILENT_DBFS:
         raise UserInputError(f"{name} is silent: check the microphone and record again.")

@@ -117,6 +117,19 @@ class Codec:
             yield self._decode_step
 
 
+@contextmanager
+def small_steps(device) -> Iterator[None]:
+    """One CPU thread for Mimi's 400 ms streaming steps: they are small operations, and with
+    two threads they ran 15x slower when another process competed for the cores."""
+    threads = torch.get_num_threads()
+    if str(device) == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class StreamEncoder:
     """Mimi's streaming encoder over ``batch_size`` lanes (see the module doc)."""
 
@@ -131,14 +144,9 @@ class StreamEncoder:
             raise ValueError(f"expected wav [{self.batch_size}, 1, n * {self.step_samples}], "
                              f"got {tuple(wav.shape)}")  # fmt: skip
         wav = wav.to(self.codec.device, torch.float32)
-        threads = torch.get_num_threads()
-        if str(self.codec.device) == "cpu":  # 400 ms steps are small ops: with two threads
-            torch.set_num_threads(1)  # they were 15x slower when another process competed
-        try:
+        with small_steps(self.codec.device):
             steps = [self.codec.mimi.encode(wav[..., i : i + self.step_samples])
                      for i in range(0, wav.shape[-1], self.step_samples)]  # fmt: skip
-        finally:
-            torch.set_num_threads(threads)
         return torch.cat(steps, dim=-1).cpu()
 
     def reset(self, lanes: list[int]) -> None:

@@ -38,7 +38,8 @@ def make_tokens(root, tokenizer, videos=3, chunks=2, seed=0, lm=None):
             words = [Word(w["word"], w["start_s"] - 20 * c, w["end_s"] - 20 * c) for w in truth
                      if 20 * c <= w["start_s"] < 20 * (c + 1)]  # fmt: skip
             codes = rng.integers(0, 2048, (4, CHUNK_GROUPS * 5))
-            ids = tokenizer.encode(codes, words).ids
+            user = rng.integers(0, 2048, (tokenizer.layout.user_codebooks, CHUNK_GROUPS * 5))
+            ids = tokenizer.encode(codes, words, user if tokenizer.layout.duplex else None).ids
             rel = f"{v:02d}/v{v}c{c}.npy"
             (tokens / rel).parent.mkdir(parents=True, exist_ok=True)
             np.save(tokens / rel, ids.astype(np.uint16))

@@ -1,0 +1,568 @@
+"""Stage 08: full duplex: a model that listens while it talks.
+
+A duplex run is trained on the duplex layout (`tokenizer.TokenLayout` with ``user_codebooks``
+> 0): every frame holds the assistant's K codebooks, then the user's K_user. `DuplexSession`
+runs it live, one 400 ms group at a time:
+
+1. **listen**: the user's next 400 ms go through Mimi's streaming encoder (its state carried
+   from group to group, as stage 03 encoded the training tracks), giving ``codes[K_user, 5]``;
+2. **think and talk**: `generate.duplex_tokens` forces those codes into the group's user
+   positions (never sampled) and samples the assistant's text slots and codebooks around them:
+   the model hears the user's frame f before it writes its own frame f + 1, so it may stay
+   silent, back-channel or talk over;
+3. **speak**: Mimi's streaming decoder turns the assistant's codes into its 400 ms of audio.
+
+Each step is timed (`GroupStep`): to keep up with a live user the three together must take
+under 400 ms. `run_file` plays a recording into a session (in real time, or as fast as it
+goes) and `write_outputs` stores a stereo wav (user left, assistant right) and the text channel
+with times. `DuplexWidget` is the notebook front end: the microphone streams to the kernel in
+400 ms pieces and the reply streams back, with the measured latency shown.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from collections import deque
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import MIMI_SAMPLE_RATE_HZ
+from .codec import small_steps
+from .generate import Sampling, duplex_tokens, pick_decode
+from .tokenizer import TEXT_KIND
+
+
+class NotDuplexError(ValueError):
+    """A run (or tokenizer) of the mono layout where the duplex one is needed."""
+
+
+def check_duplex(tokenizer, what: str = "this run") -> None:
+    if not tokenizer.layout.duplex:
+        raise NotDuplexError(
+            f"{what} uses the mono layout (one mixed stream): full duplex needs a model trained "
+            "on the duplex layout. Tokenize with --user-codebooks N (and speaker turns: a "
+            "transcript that labels speakers, or scrape --diarize), then train on those "
+            "tokens (notebook 08)")  # fmt: skip
+
+
+@dataclass
+class GroupStep:
+    """One 400 ms group of a duplex session: what was heard, what was said, how long it took."""
+
+    group: int  # index in the stream (the prompt's groups come first)
+    ids: list[int]  # the group's ids, user positions included
+    user_codes: np.ndarray  # [K_user, F] heard (forced)
+    codes: np.ndarray  # [K, F] the assistant's
+    audio: np.ndarray  # [F * 1920] the assistant's audio, 24 kHz
+    text: str  # the words the assistant wrote in this group's text slots
+    encode_s: float  # Mimi's streaming encoder on the user's 400 ms
+    generate_s: float  # the LM: the group's sampled and forced positions
+    decode_s: float  # Mimi's streaming decoder on the assistant's codes
+
+    @property
+    def compute_s(self) -> float:
+        return self.encode_s + self.generate_s + self.decode_s
+
+
+class DuplexSession:
+    """A live duplex conversation over one model (see the module doc). `start` it (with an
+    optional prompt), then `step` it with each 400 ms of the user's audio; `close` frees
+    Mimi's streaming state. One session at a time per codec."""
+
+    def __init__(self, model, tokenizer, codec, sampling: Sampling | None = None,
+                 decode: str = "auto"):  # fmt: skip
+        check_duplex(tokenizer, "this tokenizer")
+        self.model, self.tokenizer, self.codec = model, tokenizer, codec
+        self.sampling = sampling or Sampling()
+        self.decode = pick_decode(decode, next(model.parameters()).device)
+        lay = tokenizer.layout
+        if codec.num_codebooks < lay.num_codebooks:
+            raise ValueError(f"the codec gives {codec.num_codebooks} codebooks, the layout "
+                             f"needs {lay.num_codebooks}")  # fmt: skip
+        self.group_samples = lay.frames_per_group * codec.frame_samples  # 9600: 400 ms
+        self._stack: ExitStack | None = None
+        self.steps: list[GroupStep] = []
+
+    @property
+    def group_duration_s(self) -> float:
+        return self.tokenizer.layout.group_duration_s
+
+    @torch.no_grad()
+    def start(self, prompt_ids=None, user_wav: np.ndarray | None = None) -> None:
+        """Begin a conversation. Without a prompt it opens with one group of silence on both
+        sides; ``prompt_ids`` (duplex ids from a group start) continue a stored stream, and
+        ``user_wav`` (24 kHz, the user's track under the prompt) warms the encoder so the next
+        groups' codes are what encoding the whole track gives. The decoder is warmed with the
+        prompt's own assistant codes."""
+        self.close()
+        lay = self.tokenizer.layout
+        self._stack = ExitStack()
+        self._stack.enter_context(self.codec.mimi.streaming(batch_size=1))
+        if prompt_ids is None:
+            silence = self._encode(np.zeros(self.group_samples, np.float32))  # [K, F]
+            prompt = self.tokenizer.encode(silence[: lay.num_codebooks], [],
+                                           user_codes=silence[: lay.user_codebooks]).ids
+        else:
+            prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
+            if prompt.size % lay.group_len:
+                raise ValueError("the prompt must be whole groups")
+            if user_wav is not None:
+                wav = np.asarray(user_wav, np.float32)
+                n = math.ceil(wav.size / self.group_samples) * self.group_samples
+                padded = np.zeros(n, np.float32)
+                padded[: wav.size] = wav
+                for a in range(0, n, self.group_samples):
+                    self._encode(padded[a : a + self.group_samples])
+        _, codes, _ = self.tokenizer.decode_streams(prompt)
+        if codes.shape[1]:
+            self.codec._decode_step(codes)  # the decoder's state follows the prompt's audio
+        self.prompt_ids = prompt
+        self._inbox: deque = deque()
+        self._groups = duplex_tokens(self.model, lay, prompt, self._heard(), self.sampling,
+                                     decode=self.decode)  # fmt: skip
+        self.steps = []
+
+    def _heard(self):
+        while self._inbox:
+            yield self._inbox.popleft()
+
+    def _encode(self, wav: np.ndarray) -> np.ndarray:
+        """One group of 24 kHz audio through Mimi's streaming encoder: ``codes[K, F]``."""
+        x = torch.from_numpy(np.asarray(wav, np.float32)).reshape(1, 1, -1)
+        with small_steps(self.codec.device):
+            return self.codec.mimi.encode(x.to(self.codec.device))[0].cpu().numpy()
+
+    @torch.no_grad()
+    def step(self, user_wav: np.ndarray) -> GroupStep:
+        """The user's next 400 ms (``[9600]`` at 24 kHz; shorter is padded with silence) in,
+        the assistant's next 400 ms out (see the module doc)."""
+        if self._stack is None:
+            self.start()
+        lay = self.tokenizer.layout
+        wav = np.zeros(self.group_samples, np.float32)
+        got = np.asarray(user_wav, np.float32).reshape(-1)[: self.group_samples]
+        wav[: got.size] = got
+        t0 = time.perf_counter()
+        heard = self._encode(wav)[: lay.user_codebooks]
+        t1 = time.perf_counter()
+        self._inbox.append(heard)
+        group = next(self._groups)
+        t2 = time.perf_counter()
+        ids = np.asarray(group["ids"], dtype=np.int64)
+        _, codes, _ = self.tokenizer.decode_streams(ids)
+        with small_steps(self.codec.device):
+            audio = self.codec._decode_step(codes)
+        t3 = time.perf_counter()
+        slots = ids[lay.kinds(ids.size) == TEXT_KIND]
+        text = self.tokenizer.sp.decode([int(i) for i in slots if i != lay.text_pad_id])
+        step = GroupStep(group["group"], group["ids"], group["user_codes"], codes, audio, text,
+                         t1 - t0, t2 - t1, t3 - t2)  # fmt: skip
+        self.steps.append(step)
+        return step
+
+    def close(self) -> None:
+        """End the conversation and Mimi's streaming state (the session can `start` again)."""
+        if self._stack is not None:
+            self._groups.close()
+            self._stack.close()
+            self._stack = None
+
+    def __enter__(self) -> DuplexSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class DuplexResult:
+    """A recording played into a session: both sides, the text channel and the timings."""
+
+    user: np.ndarray  # [T] the input, padded to whole groups, 24 kHz
+    assistant: np.ndarray  # [T] the reply, aligned with the input
+    steps: list[GroupStep]
+    start_s: float  # conversation time of the first step (the prompt before it)
+    group_s: float = 0.4
+    lags_s: list[float] = field(default_factory=list)  # real time: ready after the group ended
+
+    def text_timeline(self) -> list[tuple[float, str]]:
+        """(conversation time of the group, words the assistant wrote there) for each group
+        with words. Text runs ahead of its sound (the layout's text lead)."""
+        return [(round(self.start_s + i * self.group_s, 2), s.text.strip())
+                for i, s in enumerate(self.steps) if s.text.strip()]  # fmt: skip
+
+    def timing(self) -> dict:
+        """Mean and worst seconds per group of each part, against the group's duration."""
+        parts = {k: [getattr(s, k) for s in self.steps]
+                 for k in ("encode_s", "generate_s", "decode_s", "compute_s")}  # fmt: skip
+        out = {f"mean_{k}": float(np.mean(v)) for k, v in parts.items() if v}
+        out["max_compute_s"] = float(max(parts["compute_s"], default=0.0))
+        out["group_s"] = self.group_s
+        out["keeps_up"] = bool(self.steps) and out["mean_compute_s"] < self.group_s
+        if self.lags_s:
+            out["max_lag_s"] = float(max(self.lags_s))
+        return out
+
+
+def run_file(session: DuplexSession, wav24: np.ndarray, realtime: bool = False,
+             prompt_ids=None, prompt_user_wav: np.ndarray | None = None,
+             progress: bool = False) -> DuplexResult:  # fmt: skip
+    """Play a 24 kHz recording into a started-fresh session group by group. ``realtime``:
+    each 400 ms is given only once it would have been heard (so ``lags_s`` measures how late
+    each reply group is after its input ended); otherwise as fast as the model goes."""
+    from tqdm.auto import tqdm
+
+    session.start(prompt_ids, prompt_user_wav)
+    n = session.group_samples
+    wav = np.asarray(wav24, np.float32).reshape(-1)
+    groups = max(1, math.ceil(wav.size / n))
+    user = np.zeros(groups * n, np.float32)
+    user[: wav.size] = wav
+    out, lags = [], []
+    begin = time.perf_counter()
+    try:
+        for g in tqdm(range(groups), desc="duplex", unit="group", disable=not progress):
+            heard_at = begin + (g + 1) * session.group_duration_s  # the group's end is heard
+            if realtime:
+                time.sleep(max(0.0, heard_at - time.perf_counter()))
+            step = session.step(user[g * n : (g + 1) * n])
+            out.append(step.audio)
+            if realtime:
+                lags.append(time.perf_counter() - heard_at)
+    finally:
+        session.close()  # Mimi's streaming state goes: the codec serves others again
+    prompt_groups = session.prompt_ids.size // session.tokenizer.layout.group_len
+    return DuplexResult(user, np.concatenate(out), list(session.steps),
+                        prompt_groups * session.group_duration_s, session.group_duration_s,
+                        lags)  # fmt: skip
+
+
+def write_outputs(result: DuplexResult, out_wav: str | Path) -> tuple[Path, Path]:
+    """``out_wav``: stereo 16-bit wav, the user left and the assistant right, aligned as they
+    were heard and said; beside it ``.txt``: the assistant's text channel with times."""
+    import soundfile as sf
+
+    out_wav = Path(out_wav)
+    stereo = np.stack([result.user, result.assistant[: result.user.size]], axis=1)
+    tmp = out_wav.with_name(f".{out_wav.name}.tmp")
+    sf.write(tmp, np.clip(stereo, -1, 1), MIMI_SAMPLE_RATE_HZ, format="WAV", subtype="PCM_16")
+    tmp.replace(out_wav)
+    text = out_wav.with_suffix(".txt")
+    lines = ["# the assistant's text channel: conversation time (s) of the 400 ms group whose "
+             "text slots hold the words (text runs ahead of its sound)"]  # fmt: skip
+    lines += [f"{t:8.2f}  {words}" for t, words in result.text_timeline()]
+    tmp = text.with_name(f".{text.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(text)
+    return out_wav, text
+
+
+def memorised_check(session: DuplexSession, ids, user_wav: np.ndarray, prompt_s: float = 4.0,
+                    continue_s: float = 8.0) -> dict:  # fmt: skip
+    """The notebook's check of a model that memorised a duplex training stream: prompt with
+    its first ``prompt_s``, then play the user's track (``user_wav``, 24 kHz, from the stream's
+    start) into the session live for ``continue_s``, greedily, and compare the assistant's
+    codes and text with what the stream really holds, and the user positions with it too."""
+    lay = session.tokenizer.layout
+    n = session.group_samples
+    p = int(round(prompt_s / lay.group_duration_s))
+    g = int(round(continue_s / lay.group_duration_s))
+    ids = np.asarray(ids, dtype=np.int64)[: (p + g) * lay.group_len]
+    g = ids.size // lay.group_len - p
+    session.sampling = Sampling.greedy()
+    result = run_file(session, user_wav[p * n : (p + g) * n], prompt_ids=ids[: p * lay.group_len],
+                      prompt_user_wav=user_wav[: p * n])  # fmt: skip
+    truth = ids[p * lay.group_len :]
+    got = np.concatenate([s.ids for s in result.steps])
+    kinds = lay.kinds(truth.size, p * lay.group_len)
+    user = np.array([lay.is_user_kind(int(k)) for k in kinds])
+    assistant_audio = (kinds != TEXT_KIND) & ~user
+    return {"assistant_codes_equal": float((got == truth)[assistant_audio].mean()),
+            "text_slots_equal": float((got == truth)[kinds == TEXT_KIND].mean()),
+            "user_codes_equal": float((got == truth)[user].mean()),
+            "text": session.tokenizer.decode(got)[0],
+            "true_text": session.tokenizer.decode(truth)[0],
+            "result": result}  # fmt: skip
+
+
+# -- the notebook's live front end (anywidget: plain ES modules, no build step) ----------------
+
+_LIVE_JS = """
+const WORKLET = `
+class Tap extends AudioWorkletProcessor {
+  process(inputs) {
+    const x = inputs[0] && inputs[0][0];
+    if (x) this.port.postMessage(x.slice(0));
+    return true;
+  }
+}
+registerProcessor("speechlm-tap", Tap);`;
+
+function b64(samples) {
+  const bytes = new Uint8Array(samples.buffer);
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(s);
+}
+
+function render({ model, el }) {
+  const rate = model.get("rate"), piece = model.get("piece_samples");
+  const button = document.createElement("button");
+  button.className = "speechlm-live jupyter-button";
+  button.textContent = "\u25cf Start live";
+  const info = document.createElement("span");
+  info.className = "speechlm-live-info";
+  info.style.marginLeft = "8px";
+  info.textContent = "live: off";
+  let ctx = null, stream = null, node = null, buffer = [], filled = 0, seq = 0, next = 0;
+  const sent = new Map(), latencies = [];
+  const stop = () => {
+    if (node) node.disconnect();
+    if (stream) stream.getTracks().forEach((t) => t.stop());
+    node = null; stream = null;
+    button.textContent = "\u25cf Start live";
+    model.send({ kind: "stop" });
+  };
+  const push = (x) => {
+    buffer.push(x); filled += x.length;
+    while (filled >= piece) {
+      const out = new Float32Array(piece);
+      let at = 0;
+      while (at < piece) {
+        const head = buffer[0], take = Math.min(head.length, piece - at);
+        out.set(head.subarray(0, take), at); at += take;
+        if (take === head.length) buffer.shift(); else buffer[0] = head.subarray(take);
+      }
+      filled -= piece;
+      sent.set(seq, performance.now());
+      model.send({ kind: "pcm", pcm: b64(out), seq: seq++ });
+    }
+  };
+  button.onclick = async () => {
+    if (stream) { stop(); return; }
+    try {
+      ctx = ctx || new AudioContext({ sampleRate: rate });
+      await ctx.resume();
+      stream = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true,
+        noiseSuppression: false, autoGainControl: false, channelCount: 1 } });
+      const source = ctx.createMediaStreamSource(stream);
+      if (ctx.audioWorklet) {
+        if (!ctx.speechlmTap) {
+          const url = URL.createObjectURL(new Blob([WORKLET], { type: "application/javascript" }));
+          await ctx.audioWorklet.addModule(url);
+          ctx.speechlmTap = true;
+        }
+        node = new AudioWorkletNode(ctx, "speechlm-tap");
+        node.port.onmessage = (e) => push(e.data);
+      } else {  // older browsers
+        node = ctx.createScriptProcessor(4096, 1, 1);
+        node.onaudioprocess = (e) => push(e.inputBuffer.getChannelData(0).slice(0));
+      }
+      source.connect(node);
+      node.connect(ctx.destination);  // keeps the graph pulling (the tap outputs silence)
+      buffer = []; filled = 0; next = 0;
+      model.send({ kind: "start" });
+      button.textContent = "\u25a0 Stop";
+      info.textContent = "live: listening\u2026";
+    } catch (err) {
+      info.textContent = `microphone unavailable (${err.message}): play a file instead`;
+      stream = null;
+    }
+  };
+  model.on("msg:custom", (msg) => {
+    if (msg.kind !== "pcm" || !ctx) return;
+    const raw = Uint8Array.from(atob(msg.pcm), (c) => c.charCodeAt(0));
+    const samples = new Float32Array(raw.buffer);
+    const audio = ctx.createBuffer(1, samples.length, rate);
+    audio.copyToChannel(samples, 0);
+    const src = ctx.createBufferSource();
+    src.buffer = audio;
+    src.connect(ctx.destination);
+    next = Math.max(next, ctx.currentTime + 0.05);
+    src.start(next);
+    next += audio.duration;
+    const t = sent.get(msg.seq);
+    if (t !== undefined) {
+      latencies.push(performance.now() - t);
+      sent.delete(msg.seq);
+    }
+    const mean = latencies.reduce((a, b) => a + b, 0) / latencies.length;
+    const last = latencies.at(-1).toFixed(0);
+    info.textContent = `live: ${latencies.length} groups back, latency ${last} ms ` +
+      `(mean ${mean.toFixed(0)} ms; the model's part ${msg.compute_ms.toFixed(0)} ms)`;
+    model.set("groups_back", latencies.length);
+    model.set("mean_latency_ms", mean);
+    model.save_changes();
+  });
+  el.append(button, info);
+}
+export default { render };
+"""
+
+
+def _live_widget_class():
+    import anywidget
+    import traitlets
+
+    class LiveDuplex(anywidget.AnyWidget):
+        """The microphone in 400 ms pieces to the kernel, the reply's pieces back to the
+        speakers; ``groups_back`` and ``mean_latency_ms`` are what the browser measured (from
+        sending a piece to hearing its reply group)."""
+
+        _esm = _LIVE_JS
+        rate = traitlets.Int(MIMI_SAMPLE_RATE_HZ).tag(sync=True)
+        piece_samples = traitlets.Int(9600).tag(sync=True)
+        groups_back = traitlets.Int(0).tag(sync=True)
+        mean_latency_ms = traitlets.Float(0.0).tag(sync=True)
+
+    return LiveDuplex
+
+
+class DuplexWidget:
+    """A duplex conversation in the notebook: **live** (the microphone streams to the kernel in
+    400 ms pieces; each piece is one `DuplexSession.step` and its reply streams back) or **a
+    file** played into the model, answered with the stereo result and the text channel.
+    ``.widget`` is the box to display; callbacks never raise (problems become a message)."""
+
+    def __init__(self, session: DuplexSession):
+        import ipywidgets as w
+
+        self.session = session
+        self.live = _live_widget_class()(piece_samples=session.group_samples)
+        self.live.on_msg(self._on_message)
+        self.upload = w.FileUpload(accept="audio/*,.wav,.mp3,.m4a,.webm,.ogg,.opus,.flac",
+                                   multiple=False, description="Play a file")  # fmt: skip
+        self.upload.observe(self._on_upload, names="value")
+        self.text_temperature = w.FloatSlider(value=session.sampling.text_temperature, min=0,
+                                              max=1.5, step=0.05, description="text temp")
+        self.audio_temperature = w.FloatSlider(value=session.sampling.audio_temperature, min=0,
+                                               max=1.5, step=0.05, description="audio temp")
+        self.status = w.HTML()
+        self.timing = w.HTML()
+        self.result = w.Output()
+        self.transcript = w.HTML()
+        self._pending = np.zeros(0, np.float32)
+        self._say("Press <b>Start live</b> and talk, or play a file into the model.")
+        self.widget = w.VBox([
+            w.HTML("<b>Full duplex: the model listens while it talks</b>"),
+            w.HBox([self.live, self.upload]),
+            w.HBox([self.text_temperature, self.audio_temperature]),
+            self.status, self.timing, self.result, self.transcript,
+        ])  # fmt: skip
+
+    def _sampling(self) -> Sampling:
+        return Sampling(self.text_temperature.value, self.audio_temperature.value,
+                        self.session.sampling.top_k)  # fmt: skip
+
+    # -- live --
+
+    def _on_message(self, _widget, content, _buffers) -> None:
+        try:
+            kind = content.get("kind")
+            if kind == "start":
+                self.session.sampling = self._sampling()
+                self.session.start()
+                self._pending = np.zeros(0, np.float32)
+                self._say("Live: listening.")
+            elif kind == "stop":
+                self._say(f"Live stopped after {len(self.session.steps)} groups.")
+            elif kind == "pcm":
+                self.hear(np.frombuffer(base64.b64decode(content["pcm"]), np.float32),
+                          content.get("seq"))  # fmt: skip
+        except Exception as err:  # a model error must not break the widget
+            self._say(f"Could not run the live step: {escape(str(err))}", error=True)
+
+    def hear(self, samples: np.ndarray, seq: int | None = None) -> list[GroupStep]:
+        """Take microphone samples (any length); every whole 400 ms is one step, its reply
+        sent back to the browser at once."""
+        self._pending = np.concatenate([self._pending, np.asarray(samples, np.float32)])
+        n = self.session.group_samples
+        steps = []
+        while self._pending.size >= n:
+            piece, self._pending = self._pending[:n], self._pending[n:]
+            step = self.session.step(piece)
+            steps.append(step)
+            pcm = base64.b64encode(np.asarray(step.audio, np.float32).tobytes()).decode()
+            self.live.send({"kind": "pcm", "pcm": pcm, "group": step.group, "seq": seq,
+                            "compute_ms": step.compute_s * 1e3})  # fmt: skip
+        if steps:
+            self._show_timing(self.session.steps)
+            words = " ".join(s.text.strip() for s in self.session.steps if s.text.strip())
+            self.transcript.value = f"<p><b>model</b>: <i>{escape(words[-400:])}</i></p>"
+        return steps
+
+    # -- a file --
+
+    def play_file(self, name: str, data: bytes) -> DuplexResult | None:
+        """Play an uploaded recording into the model (as fast as it goes) and show both
+        sides in stereo with the text channel."""
+        from IPython.display import Audio
+
+        from .chat import UserInputError
+
+        try:
+            wav24 = load_user_file(name, data)
+            self.session.sampling = self._sampling()
+            result = run_file(self.session, wav24)
+        except UserInputError as err:
+            self._say(str(err), error=True)
+            return None
+        except Exception as err:  # a model error must not break the widget
+            self._say(f"Could not run the file: {escape(str(err))}", error=True)
+            return None
+        self.result.outputs = ()
+        stereo = np.stack([result.user, result.assistant[: result.user.size]])
+        self.result.append_display_data(Audio(stereo, rate=MIMI_SAMPLE_RATE_HZ))
+        lines = "".join(f"<li>{t:.1f} s: {escape(words)}</li>"
+                        for t, words in result.text_timeline())  # fmt: skip
+        self.transcript.value = (f"<p><b>model's text channel</b> (you left, the model right):"
+                                 f"</p><ul>{lines or '<li>(no words)</li>'}</ul>")
+        self._show_timing(result.steps)
+        self._say(f"Played {escape(name)} ({result.user.size / MIMI_SAMPLE_RATE_HZ:.1f} s) "
+                  "into the model.")
+        return result
+
+    def _on_upload(self, change) -> None:
+        files = change["new"]
+        if files:
+            item = files[0]
+            self.play_file(item.get("name", "upload"), bytes(item["content"]))
+
+    # -- display --
+
+    def _show_timing(self, steps: list[GroupStep]) -> None:
+        if not steps:
+            return
+        mean = {k: 1e3 * float(np.mean([getattr(s, k) for s in steps]))
+                for k in ("encode_s", "generate_s", "decode_s", "compute_s")}  # fmt: skip
+        budget = self.session.group_duration_s * 1e3
+        verdict = "keeps up with" if mean["compute_s"] < budget else "falls behind"
+        self.timing.value = (f"<span class='speechlm-duplex-timing'>{len(steps)} groups, per "
+                             f"group: listen {mean['encode_s']:.0f} ms + think and talk "
+                             f"{mean['generate_s']:.0f} ms + speak {mean['decode_s']:.0f} ms = "
+                             f"{mean['compute_s']:.0f} ms: {verdict} the {budget:.0f} ms each "
+                             "group lasts</span>")  # fmt: skip
+
+    def _say(self, message: str, error: bool = False) -> None:
+        color = "#b00020" if error else "#333"
+        self.status.value = f"<span style='color:{color}' class='speechlm-status'>{message}</span>"
+
+
+MAX_FILE_S = 600.0  # a duplex session is a conversation, not one question
+
+
+def load_user_file(name: str, data: bytes, max_s: float = MAX_FILE_S) -> np.ndarray:
+    """A recording to play into a duplex session: 24 kHz mono, or a `chat.UserInputError`
+    saying what is wrong (empty, not audio, silent, longer than ``max_s``)."""
+    from .chat import decode_user_audio
+
+    return decode_user_audio(bytes(data), name, max_s)[0]
