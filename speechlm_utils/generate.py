@@ -182,6 +182,9 @@ def pick_decode(decode: str, device) -> str:
 
 FAST_MODEL_TYPES = ("mistral", "llama")  # decoder layers `FastDecoder` knows how to run
 PREFILL_CHUNK = 512  # tokens per pass of a prompt: bounds the attention scores' memory
+# a compiled stream runs passes of up to this many tokens compiled too, one graph per length:
+# the duplex layout's forced user codes ride with a sampled token in a short pass every frame
+SHORT_RUN = 8
 
 
 class FastDecoder:
@@ -200,8 +203,9 @@ class FastDecoder:
     Attention groups each KV head's query heads into one sequence (no ``enable_gqa``), so that
     with a mask a GPU can still use its memory-efficient kernel rather than the fp32 math one.
     ``compiled`` streams use the one-token step under `torch.compile` (compiled once, on first
-    use). In fp32 equal to transformers' forward token for token (tested with greedy decoding
-    past the window); in bf16 equal up to rounding, so a near tie can go the other way. One
+    use), and passes of up to `SHORT_RUN` tokens (compiled once per length). In fp32 equal to
+    transformers' forward token for token (tested with greedy decoding past the window); in
+    bf16 equal up to rounding, so a near tie can go the other way. One
     stream at a time: `begin` starts one and a stream that was overtaken is refused. Get one
     with `fast_decoder`.
     """
@@ -240,7 +244,8 @@ class FastDecoder:
         # compiled bound method would hold the decoder in a reference cycle, keeping the model's
         # weights alive after the model is dropped until Python's garbage collector runs
         self.compiled_step = None  # made on the first compiled stream; False: compiling failed
-        self.compiled = False  # whether this stream uses it
+        self.compiled_run = None  # the same for short passes (`SHORT_RUN`)
+        self.compiled = False  # whether this stream uses them
 
     def begin(self, compiled: bool = False) -> int:
         """Start a new stream (the ring's memory is kept); its token for `feed`."""
@@ -251,6 +256,8 @@ class FastDecoder:
             mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs
             self.compiled_step = torch.compile(FastDecoder._step, mode=mode, fullgraph=True,
                                                dynamic=False)  # fmt: skip
+            self.compiled_run = torch.compile(FastDecoder._chunk, mode=mode, fullgraph=True,
+                                              dynamic=False)  # fmt: skip
         self.compiled = bool(compiled and self.compiled_step)
         return self.stream
 
@@ -273,6 +280,8 @@ class FastDecoder:
             positions = torch.arange(self.length, self.length + chunk.numel(), device=self.device)
             if chunk.numel() == 1:
                 hidden = self._one_step(chunk, positions)
+            elif self.compiled and self.compiled_run and chunk.numel() <= SHORT_RUN:
+                hidden = self._short_run(chunk, positions)
             else:
                 hidden = self._chunk(chunk, positions)
             self.length += chunk.numel()
@@ -291,6 +300,17 @@ class FastDecoder:
         # uncompiled (also after a failed try: it rewrites the same slot, safe to repeat):
         # attend only over the slots filled so far
         return self._step(ids, positions, filled=min(self.length + 1, self.window))
+
+    def _short_run(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.compiled_run(self, ids, positions)
+        except Exception as err:  # as in `_one_step`: the pass runs uncompiled from now on
+            import warnings
+
+            warnings.warn(f"torch.compile of a short decode pass failed ({type(err).__name__}: "
+                          f"{str(err)[:300]}); running it uncompiled", stacklevel=3)  # fmt: skip
+            self.compiled_run = False
+        return self._chunk(ids, positions)  # it writes after attending: safe to repeat
 
     def _step(self, ids: torch.Tensor, positions: torch.Tensor,
               filled: int | None = None) -> torch.Tensor:  # fmt: skip

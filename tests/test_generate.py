@@ -478,9 +478,11 @@ def test_duplex_generation_forces_the_users_stream_and_samples_the_rest(tiny_mod
     prompt = tok.encode(rng.integers(0, 2048, (4, 10)), [], rng.integers(0, 2048, (1, 10))).ids
     user = [rng.integers(0, 2048, (1, 5)) for _ in range(4)]
     runs = {}
-    for decode in ("eager", "static"):
+    for decode in ("eager", "static", "compiled"):
         groups = list(generate.duplex_tokens(lm, lay, prompt, iter(user), Sampling.greedy(),
                                              decode=decode))  # fmt: skip
+        if decode == "compiled":  # the forced codes' short passes ran compiled too
+            assert generate.fast_decoder(lm).compiled_run not in (None, False)
         assert [g["group"] for g in groups] == [2, 3, 4, 5]  # the input's 4 groups, then stop
         ids = np.concatenate([g["ids"] for g in groups])
         assert (lay.kinds_of_ids(ids) == lay.kinds(ids.size, prompt.size)).all()
@@ -488,6 +490,6 @@ def test_duplex_generation_forces_the_users_stream_and_samples_the_rest(tiny_mod
         assert (heard == np.concatenate(user, axis=1)).all()  # the input, exactly
         assert codes.shape == (4, 20)
         runs[decode] = ids
-    assert (runs["eager"] == runs["static"]).all()
+    assert (runs["eager"] == runs["static"]).all() and (runs["eager"] == runs["compiled"]).all()
     with pytest.raises(ValueError, match="duplex layout"):
         next(generate.duplex_tokens(lm, SpeechTokenizer(text_tokenizer).layout, prompt, user))
