@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,14 +207,17 @@ def load_suite(name: str, source: str | Path | None = None, limit: int | None = 
     items: list[Item] = []
     for subset in suite.subsets:
         data = _open_dataset(source, subset, suite.split)
-        if limit:
-            data = data.select(range(min(limit, len(data))))
         for col in suite.audio_columns:
             data = data.cast_column(col, datasets.Audio(decode=False))
         light = data.remove_columns([c for c in suite.audio_columns if c in data.column_names])
-        for index, row in enumerate(light):  # the audio stays on disk until it is decoded
-            items.append(suite.adapter(row, index, subset or "",
-                                       lambda col, i=index, d=data: RowAudio(d, i, col)))
+        mine = [suite.adapter(row, index, subset or "",
+                              lambda col, i=index, d=data: RowAudio(d, i, col))
+                for index, row in enumerate(light)]  # the audio stays on disk until decoded
+        seen = Counter(it.id for it in mine)  # over every row, so a limit keeps the same ids
+        for index, it in enumerate(mine):  # e.g. one sentence pair's id in several voices
+            if seen[it.id] > 1:
+                it.id = f"{it.id}@{index}"
+        items += mine[:limit] if limit else mine
     return items
 
 
@@ -250,75 +254,142 @@ def speech_only(ids: np.ndarray, layout: TokenLayout) -> np.ndarray:
 
 
 def encode_clips(clips: list[Clip], codec, tokenizer: SpeechTokenizer, aligner=None,
-                 batch_size: int = 16) -> list[np.ndarray]:  # fmt: skip
+                 batch_size: int = 16, errors: dict[int, str] | None = None,
+                 ) -> list[np.ndarray]:  # fmt: skip
     """Token ids of each clip, as stage 03 makes them: audio padded to whole groups and Mimi
     encoded (one batched pass; Mimi is causal, so the padding after a clip never changes its
     codes), words in the text slots: the clip's own transcript, else ``aligner``'s (Whisper),
-    else none. ``[N_i]`` int64 each."""
+    else none. Each clip's ids end with its last frame of real audio: the silence that pads it
+    to a whole group is not part of the clip, and scoring it would favour the clip with more
+    padding. ``[N_i]`` int64 each.
+
+    ``errors``: where given, a clip whose audio cannot be read (corrupt, empty, not finite) gets
+    empty ids and ``errors[i]`` its reason instead of stopping every other clip."""
     from .audio import MIMI_SAMPLE_RATE_HZ, WHISPER_SAMPLE_RATE_HZ
 
     lay = tokenizer.layout
     group = lay.frames_per_group * codec.frame_samples
-    out = []
+    out: list[np.ndarray] = []
     for start in range(0, len(clips), batch_size):
         part = clips[start : start + batch_size]
-        wavs = [c.load(MIMI_SAMPLE_RATE_HZ) for c in part]
-        lengths = [max(group, math.ceil(w.size / group) * group) for w in wavs]
-        batch = torch.zeros(len(wavs), 1, max(lengths))
-        for i, w in enumerate(wavs):
-            batch[i, 0, : w.size] = torch.from_numpy(w)
-        codes = codec.encode(batch, lengths)
-        words = [c.words for c in part]
-        missing = [i for i, w in enumerate(words) if w is None]
-        if missing and aligner is not None:
-            heard = aligner.align([part[i].load(WHISPER_SAMPLE_RATE_HZ) for i in missing])
-            for i, w in zip(missing, heard):
-                words[i] = w
-        out += [tokenizer.encode(c.numpy(), w or []).ids for c, w in zip(codes, words)]
+        wavs: dict[int, np.ndarray] = {}
+        for i, c in enumerate(part):
+            try:
+                wav = c.load(MIMI_SAMPLE_RATE_HZ)
+                if wav.size == 0 or not np.isfinite(wav).all():
+                    raise ValueError("no audio samples" if wav.size == 0 else
+                                     "audio samples that are not finite")  # fmt: skip
+            except Exception as err:  # one bad file must not stop a suite of thousands
+                if errors is None:
+                    raise
+                errors[start + i] = f"{type(err).__name__}: {err}"[:300]
+                continue
+            wavs[i] = wav
+        ids: dict[int, np.ndarray] = {}
+        if wavs:
+            keys = sorted(wavs)
+            lengths = [max(group, math.ceil(wavs[i].size / group) * group) for i in keys]
+            batch = torch.zeros(len(keys), 1, max(lengths))
+            for row, i in enumerate(keys):
+                batch[row, 0, : wavs[i].size] = torch.from_numpy(wavs[i])
+            codes = codec.encode(batch, lengths)
+            words = {i: part[i].words for i in keys}
+            missing = [i for i in keys if words[i] is None]
+            if missing and aligner is not None:
+                heard = aligner.align([part[i].load(WHISPER_SAMPLE_RATE_HZ) for i in missing])
+                words.update(zip(missing, heard))
+            for i, c in zip(keys, codes):
+                frames = math.ceil(wavs[i].size / codec.frame_samples)
+                ids[i] = tokenizer.encode(c.numpy(), words[i] or []).ids[: audio_end(lay, frames)]
+        out += [ids.get(i, np.zeros(0, np.int64)) for i in range(len(part))]
     return out
+
+
+def audio_end(layout: TokenLayout, frames: int) -> int:
+    """The stream length that ends with frame ``frames - 1``'s last codebook."""
+    group, frame = divmod(frames - 1, layout.frames_per_group)
+    return group * layout.group_len + layout.text_slots_per_group + (frame + 1) * layout.frame_len
 
 
 class EncodedSuite:
     """A suite's token streams on disk, in blocks of items written atomically (a stopped
-    encoding resumes at the first missing block). ``clips[i]`` are item i's clips' ids."""
+    encoding resumes at the first missing block). ``clips[i]`` are item i's clips' ids;
+    ``errors``: item id -> why it could not be encoded (`encode_clips`), for every item left
+    out. ``meta.json`` records what the streams depend on (the layout's fingerprint, the codec
+    and Whisper named by the caller, the store's format): a store made otherwise is encoded
+    again rather than scored as if it were this one."""
+
+    FORMAT = 2  # 2: ids end with the last real frame; items that failed to encode kept apart
 
     def __init__(self, root: Path, block: int = 64):
         self.root, self.block = Path(root), block
+        self.errors: dict[str, str] = {}
 
     def _path(self, b: int) -> Path:
         return self.root / f"block-{b:05d}.npz"
 
-    def build(self, items: list[Item], codec, tokenizer, aligner=None,
-              progress: bool = True) -> list[list[np.ndarray]]:  # fmt: skip
+    def _fresh(self, key: dict) -> None:
+        """Remove blocks encoded under another ``key`` (or format), then record ``key``."""
+        meta = {"format": self.FORMAT, **key}
+        path = self.root / "meta.json"
+        if path.exists() and json.loads(path.read_text()) == meta:
+            return
+        for old in self.root.glob("block-*.npz"):
+            old.unlink()
+        write_json_atomic(path, meta)
+
+    def _block_ok(self, b: int, part: list[Item]) -> bool:
+        path = self._path(b)
+        if not path.exists():
+            return False
+        with np.load(path) as z:
+            return list(z["item_ids"]) == [it.id for it in part]
+
+    def build(self, items: list[Item], codec, tokenizer, aligner=None, progress: bool = True,
+              key: dict | None = None) -> list[list[np.ndarray]]:  # fmt: skip
+        """Encode what is missing (or was made for other items, or under another ``key``),
+        then `load`. ``key``: what else the streams depend on, e.g. the Mimi and Whisper ids."""
         from tqdm.auto import tqdm
 
         self.root.mkdir(parents=True, exist_ok=True)
-        blocks = range(0, len(items), self.block)
-        todo = [b for b in blocks if not self._path(b // self.block).exists()]
+        self._fresh({"layout": tokenizer.fingerprint(), **(key or {})})
+        starts = range(0, len(items), self.block)
+        todo = [b for b in starts if not self._block_ok(b // self.block, items[b : b + self.block])]
         for b in tqdm(todo, desc=f"encode {self.root.name}", disable=not progress or not todo):
             part = items[b : b + self.block]
             clips = [c for it in part for c in it.clips]
-            ids = encode_clips(clips, codec, tokenizer, aligner)
+            failed: dict[int, str] = {}
+            ids = encode_clips(clips, codec, tokenizer, aligner, errors=failed)
             counts = [len(it.clips) for it in part]
+            reasons, at = [], 0
+            for n in counts:
+                bad = [f"clip {k}: {failed[at + k]}" for k in range(n) if at + k in failed]
+                reasons.append("; ".join(bad))
+                at += n
             tmp = self.root / f".tmp-{b // self.block:05d}.npz"
             with tmp.open("wb") as f:
                 np.savez(f, ids=np.concatenate(ids), lengths=[len(x) for x in ids],
-                         counts=counts, item_ids=np.array([it.id for it in part]))  # fmt: skip
-            tmp.rename(self._path(b // self.block))
+                         counts=counts, item_ids=np.array([it.id for it in part]),
+                         errors=np.array(reasons))  # fmt: skip
+            tmp.replace(self._path(b // self.block))
         return self.load(items)
 
     def load(self, items: list[Item]) -> list[list[np.ndarray]]:
         out = []
+        self.errors = {}
         for b in range(0, len(items), self.block):
             with np.load(self._path(b // self.block)) as z:
-                if list(z["item_ids"]) != [it.id for it in items[b : b + self.block]]:
+                ids = [it.id for it in items[b : b + self.block]]
+                if list(z["item_ids"]) != ids:
                     raise ValueError(f"{self.root} holds other items than this suite's: "
                                      "remove it to encode the suite again")  # fmt: skip
                 flat = np.split(z["ids"], np.cumsum(z["lengths"])[:-1])
                 at = 0
-                for c in z["counts"]:
+                for item_id, c, why in zip(ids, z["counts"], z["errors"]):
                     out.append(flat[at : at + c])
                     at += c
+                    if why:
+                        self.errors[item_id] = str(why)
         return out
 
 
@@ -364,8 +435,9 @@ def clip_logprobs(model, layout: TokenLayout, clips: list[np.ndarray],
     ``clips``: token ids, each starting at a group boundary (`audio_logprobs`). Clips are
     sorted by length and batched up to ``max_batch_tokens``, right-padded: attention is
     causal, so the padding after a clip never reaches its positions, and no clip's score
-    depends on its batch-mates (up to float rounding). Returns ``[N, 4]`` float64: semantic
-    sum, semantic count, all-codebook sum, all-codebook count.
+    depends on its batch-mates (up to float rounding). A batch the GPU has no memory for is
+    halved, and so is the budget for the batches after it. Returns ``[N, 4]`` float64:
+    semantic sum, semantic count, all-codebook sum, all-codebook count.
     """
     from tqdm.auto import tqdm
 
@@ -375,28 +447,34 @@ def clip_logprobs(model, layout: TokenLayout, clips: list[np.ndarray],
     core, weight = core_model(model), output_weight(model)
     out = np.zeros((len(clips), 4))
     order = sorted(range(len(clips)), key=lambda i: -len(clips[i]))
-    batches, batch = [], []
-    for i in order:
-        longest = len(clips[batch[0]]) if batch else len(clips[i])
-        if batch and (len(batch) + 1) * longest > max_batch_tokens:
-            batches.append(batch)
-            batch = []
-        batch.append(i)
-    if batch:
-        batches.append(batch)
-    for batch in tqdm(batches, desc="score", disable=not progress, leave=False):
-        length = len(clips[batch[0]])
+    budget, at = max_batch_tokens, 0
+    bar = tqdm(total=len(clips), desc="score", disable=not progress, leave=False)
+    while at < len(order):
+        length = max(1, len(clips[order[at]]))
+        batch = order[at : at + max(1, budget // length)]
         ids = torch.full((len(batch), length), layout.text_pad_id, dtype=torch.long)
         valid = torch.zeros(len(batch), length, dtype=torch.bool)
         for row, i in enumerate(batch):
             ids[row, : len(clips[i])] = torch.as_tensor(clips[i])
             valid[row, : len(clips[i])] = True
-        logp = audio_logprobs(core, weight, layout, ids.to(device)).double().cpu()
+        try:
+            logp = audio_logprobs(core, weight, layout, ids.to(device)).double().cpu()
+        except torch.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            budget = len(batch) // 2 * length  # this batch again in halves, and all after it
+            del ids, valid
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
         scored = valid[:, 1:] & ~logp.isnan()
         logp = torch.where(scored, logp, 0.0)
         semantic = torch.from_numpy(layout.kinds(length)[1:] == 1) & scored
         out[batch] = torch.stack([(logp * semantic).sum(-1), semantic.sum(-1),
                                   logp.sum(-1), scored.sum(-1)], -1).numpy()  # fmt: skip
+        at += len(batch)
+        bar.update(len(batch))
+    bar.close()
     return out
 
 
@@ -414,16 +492,26 @@ def item_verdicts(scores: np.ndarray, correct: int) -> dict:
 
 def score_items(model, layout: TokenLayout, encoded: list[list[np.ndarray]], items: list[Item],
                 out_path: Path, variants: Iterable[str] = VARIANTS, batch_items: int = 64,
-                max_batch_tokens: int = 8192, progress: bool = True) -> list[dict]:  # fmt: skip
+                max_batch_tokens: int = 8192, progress: bool = True,
+                errors: dict[str, str] | None = None) -> list[dict]:  # fmt: skip
     """Score every item (each variant), appending one line per item to ``out_path``; items
-    already there are read back, not scored again. Returns every item's line."""
+    already there are read back, not scored again. Returns every item's line. ``errors``:
+    item id -> why it has no clips to score (`EncodedSuite.errors`): its line records the
+    reason instead of scores, and `accuracies` leaves it out."""
     from tqdm.auto import tqdm
 
+    errors = errors or {}
     done = {r["id"]: r for r in read_jsonl(out_path)}
     todo = [k for k, it in enumerate(items) if it.id not in done]
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"score {out_path.stem}",
                disable=not progress)  # fmt: skip
     with JsonlWriter(out_path) as writer:
+        for k in [k for k in todo if items[k].id in errors]:
+            line = {"id": items[k].id, "subset": items[k].subset, "error": errors[items[k].id]}
+            writer.write(line)
+            done[items[k].id] = line
+            bar.update(1)
+        todo = [k for k in todo if items[k].id not in errors]
         for start in range(0, len(todo), batch_items):
             part = todo[start : start + batch_items]
             lines = {k: {"id": items[k].id, "subset": items[k].subset} for k in part}
@@ -446,7 +534,8 @@ def score_items(model, layout: TokenLayout, encoded: list[list[np.ndarray]], ite
 
 def chance_level(lines: list[dict]) -> float:
     """The accuracy of a blind guess over ``lines``: the mean of 1 / clips per item."""
-    sizes = [len(next(r[v] for v in VARIANTS if v in r)["semantic"]["means"]) for r in lines]
+    sizes = [len(next(r[v] for v in VARIANTS if v in r)["semantic"]["means"])
+             for r in lines if "error" not in r]  # fmt: skip
     return float(np.mean([1 / n for n in sizes])) if sizes else float("nan")
 
 
@@ -454,6 +543,7 @@ def accuracies(lines: list[dict]) -> dict[str, float]:
     """``acc_<variant>_<span>`` over ``lines`` (`score_items`), plus per subset when there are
     several (SALMon's tasks): ``acc_<variant>_<span>/<subset>``."""
     out = {}
+    lines = [r for r in lines if "error" not in r]  # items that could not be read: not scored
     subsets = sorted({r.get("subset", "") for r in lines})
     for variant in VARIANTS:
         for span in SPANS:
@@ -647,14 +737,38 @@ class EvalResult:
                 f"{100 * r['value']:.1f}%" if r["metric"].startswith("acc") else \
                 f"{r['value']:.2f}"  # fmt: skip
             short = r["metric"].replace("acc_", "").replace("loss_", "")
-            seen.setdefault((r["checkpoint"], r["suite"]), []).append(f"{short} {value}")
+            suite = r["suite"] + (f" (first {r['limit']})" if r.get("limit") else "")
+            parts = seen.setdefault((r["checkpoint"], suite), [])
+            if not parts and r.get("skipped"):
+                parts.append(f"[{r['skipped']} unreadable items skipped]")
+            parts.append(f"{short} {value}")
         for (ckpt, suite), parts in seen.items():
             lines.append(f"{ckpt:14s} {suite:12s} " + "  ".join(parts))
         return "\n".join(lines)
 
 
 def read_eval(run_dir: str | Path) -> list[dict]:
-    return list(read_jsonl(Path(run_dir) / "eval.jsonl"))
+    """The lines of ``RUN/eval.jsonl``, a metric measured again replacing its earlier line."""
+    rows: dict[tuple, dict] = {}
+    for r in read_jsonl(Path(run_dir) / "eval.jsonl"):
+        key = (r["checkpoint"], r["suite"], r.get("limit"), r["metric"])
+        rows.pop(key, None)
+        rows[key] = r
+    return list(rows.values())
+
+
+def scope(suite: str, limit: int | None) -> int | None:
+    """The item limit a suite's rows hold: likelihood suites only (loss, sanity and
+    consistency read the run's own data whole)."""
+    return limit if suite in SUITES else None
+
+
+def completed(rows: list[dict]) -> set[tuple]:
+    """``(checkpoint, suite, limit)`` whose metrics are all in ``rows`` (each row says how
+    many its group wrote: a run stopped while writing them is not done)."""
+    counts = Counter((r["checkpoint"], r["suite"], r.get("limit")) for r in rows)
+    return {k for r in rows for k in [(r["checkpoint"], r["suite"], r.get("limit"))]
+            if counts[k] >= r.get("of", 1)}  # fmt: skip
 
 
 def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity", "demo"),
@@ -664,9 +778,11 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
                  max_batch_tokens: int | None = None, progress: bool = True) -> EvalResult:
     """Evaluate ``run_dir`` on ``suites`` (``loss``, ``sanity``, ``consistency`` and the
     likelihood suites of `SUITES`) for its ``checkpoints`` (``last`` or ``all``), appending to
-    ``RUN/eval.jsonl``. A (checkpoint, suite) already there is skipped; a suite stopped midway
-    resumes at its first unscored item. ``sources``: suite name -> local dataset directory (or
-    another hub id); ``limit``: the first items of each suite (or SALMon task) only."""
+    ``RUN/eval.jsonl``. A (checkpoint, suite, limit) already there in full is skipped; a suite
+    stopped midway resumes at its first unscored item. ``sources``: suite name -> local dataset
+    directory (or another hub id); ``limit``: the first items of each suite (or SALMon task)
+    only, recorded with the rows (a quick look never stands in for the whole suite). Items
+    whose audio cannot be read are left out with their reason (``skipped`` in the rows)."""
     from .align import Aligner
     from .codec import Codec
     from .config import ModelsConfig, pick_device
@@ -679,9 +795,9 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
     tokens_root = Path(tokens_root or meta.get("tokens_root") or models.data_dir / "tokens")
     max_batch_tokens = max_batch_tokens or (32768 if device.startswith("cuda") else 4096)
     eval_dir = run_dir / "eval"
-    done = {(r["checkpoint"], r["suite"]) for r in read_eval(run_dir)}
+    done = completed(read_eval(run_dir))
     result = EvalResult(read_eval(run_dir))
-    wanted = list(suites)
+    wanted = list(dict.fromkeys(suites))
     unknown = [s for s in wanted if s not in SUITES and s not in ("loss", "sanity", "consistency")]
     if unknown:
         raise ValueError(f"unknown suite(s) {unknown}: choose from loss, sanity, consistency, "
@@ -701,7 +817,7 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
 
     with JsonlWriter(run_dir / "eval.jsonl") as writer:
         for name, step, path in chosen:
-            todo = [s for s in wanted if (name, s) not in done]
+            todo = [s for s in wanted if (name, s, scope(s, limit)) not in done]
             if not todo:
                 continue
             model, tokenizer = load_run(run_dir, models, device, checkpoint=path)
@@ -709,6 +825,7 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
             lay = lay_tok.layout
             for suite in todo:
                 started = time.perf_counter()
+                skipped = 0
                 if suite == "loss":
                     windows = run_windows(run_dir, tokens_root, lay, "val")
                     metrics = heldout_loss(model, lay, windows)
@@ -732,18 +849,27 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
                     # Whisper writes the text slots of clips without a transcript of their own
                     untold = any(c.words is None for it in items for c in it.clips)
                     codec, aligner = tools(aligner=untold)
-                    store = eval_dir / "encoded" / (suite + (f"-first{limit}" if limit else ""))
-                    encoded = EncodedSuite(store).build(items, codec, lay_tok, aligner, progress)
+                    store = EncodedSuite(eval_dir / "encoded" / suite)  # a limit: its first blocks
+                    key = {"mimi": str(models.mimi), "whisper": str(models.whisper) if untold
+                           else None}  # fmt: skip
+                    encoded = store.build(items, codec, lay_tok, aligner, progress, key)
                     lines = score_items(model, lay, encoded, items,
                                         eval_dir / name / f"{suite}.jsonl",
-                                        max_batch_tokens=max_batch_tokens, progress=progress)
-                    metrics, n = accuracies(lines), len(lines)
+                                        max_batch_tokens=max_batch_tokens, progress=progress,
+                                        errors=store.errors)  # fmt: skip
+                    skipped = sum("error" in r for r in lines)
+                    metrics, n = accuracies(lines), len(lines) - skipped
                 seconds = time.perf_counter() - started
                 extra = {"chance": chance_level(lines)} if suite not in ("loss", "consistency") \
                     else {}  # fmt: skip
-                for metric, value in metrics.items():
+                if scope(suite, limit) is not None:
+                    extra["limit"] = limit
+                if skipped:
+                    extra["skipped"] = skipped
+                for metric, value in metrics.items():  # "of": a group cut short is done again
                     row = {"checkpoint": name, "step": step, "suite": suite, "metric": metric,
-                           "value": value, "n": n, **extra, "seconds": round(seconds, 2)}
+                           "value": value, "n": n, **extra, "seconds": round(seconds, 2),
+                           "of": len(metrics)}  # fmt: skip
                     writer.write(row)
                     result.rows.append(row)
             del model
@@ -776,9 +902,10 @@ def explain_item(model, tokenizer: SpeechTokenizer, codec, item: Item, aligner=N
 
 
 def pivot(rows: list[dict], suite: str, metrics: Iterable[str] | None = None) -> list[dict]:
-    """A table of one suite: a row per checkpoint, a column per metric (accuracies in %)."""
+    """A table of one suite: a row per checkpoint, a column per metric (accuracies in %); a
+    ``--limit`` run's numbers only where the whole suite was not scored."""
     table: dict[str, dict] = {}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r.get("limit") is None):  # whole-suite rows win
         if r["suite"] != suite or (metrics and r["metric"] not in metrics):
             continue
         row = table.setdefault(r["checkpoint"], {"checkpoint": r["checkpoint"], "step": r["step"]})
@@ -803,16 +930,19 @@ def read_consistency(run_dir: str | Path, checkpoint: str | None = None) -> dict
 
 SLAM_MD = "slp-rl/slamkit docs/SLAM.md (results of the Slam paper, arXiv 2502.15814)"
 SALMON_README = "slp-rl/salmon README (leaderboard; SALMon, ICASSP 2025)"
-# Accuracy (%) as published; SALMon as the mean of its 8 tasks' published accuracies (computed
-# here). Protocols differ between papers (mean or summed log-likelihood, which tokens count,
-# ties), so a few points are noise; no primary source had sWUGGY for these models.
+# Accuracy (%) as published; SALMon as the mean of its 8 tasks' accuracies in the leaderboard
+# of slp-rl/salmon's README as of its latest revision (TWIST 7B: 61.5, 71.0, 70.0, 55.0, 60.5,
+# 62.0, 51.5, 54.5; the mean computed here). That leaderboard lists no SpiritLM or Moshi, so
+# their SALMon cells stay empty. Protocols differ between papers (mean or summed
+# log-likelihood, which tokens count, ties), so a few points are noise; no primary source we
+# could read had sWUGGY for these models.
 REFERENCE_SCORES: list[dict] = [
     {"model": "GSLM (100M)", "sblimp": 54.2, "sstorycloze": 53.3, "tstorycloze": 66.6,
      "source": SLAM_MD},
     {"model": "TWIST-7B", "sblimp": 59.0, "sstorycloze": 55.3, "tstorycloze": 74.1,
      "salmon": 60.75, "source": f"{SLAM_MD}; SALMon: {SALMON_README}"},
     {"model": "SpiritLM 7B, speech only", "sblimp": 58.0, "sstorycloze": 54.8,
-     "tstorycloze": 72.9, "salmon": 56.75, "source": f"{SLAM_MD}; SALMon: {SALMON_README}"},
+     "tstorycloze": 72.9, "source": SLAM_MD},
     {"model": "SpiritLM 7B, with text", "sblimp": 58.3, "sstorycloze": 61.0,
      "tstorycloze": 82.9, "source": SLAM_MD},
     {"model": "Moshi 7B, speech only", "sblimp": 58.9, "sstorycloze": 58.7, "tstorycloze": 81.8,
@@ -831,9 +961,13 @@ def reference_rows(rows: list[dict], variant: str = "text", span: str = "semanti
     out = [dict(r) for r in REFERENCE_SCORES]
     mine = [r for r in rows if r["metric"] == f"acc_{variant}_{span}"
             and r["suite"] in REFERENCE_SUITES]  # fmt: skip
+    whole = [r for r in mine if not r.get("limit")]  # a quick look only when nothing else
+    mine = whole or mine
     if mine:
         last = max(r["step"] for r in mine)
-        row = {"model": f"this run, step {last} ({variant} slots, {span})", "source": "eval.jsonl"}
+        part = "" if whole else f", first {max(r['limit'] for r in mine)} items"
+        row = {"model": f"this run, step {last} ({variant} slots, {span}{part})",
+               "source": "eval.jsonl"}  # fmt: skip
         for r in mine:
             if r["step"] == last:
                 row[r["suite"]] = round(100 * r["value"], 1)

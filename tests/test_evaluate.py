@@ -54,6 +54,33 @@ def test_a_clips_score_is_its_audio_tokens_log_likelihood_by_hand(lm, tok):
     np.testing.assert_allclose(got, [sem, n_sem, total, n_all], rtol=1e-5)
 
 
+def test_a_clip_is_scored_on_its_own_frames_not_the_padding_to_a_whole_group(lm, tok, codec):
+    wav = 0.1 * np.random.default_rng(3).standard_normal(int(1.1 * 24_000)).astype(np.float32)
+    (ids,) = evaluate.encode_clips([evaluate.Clip(wav, 24_000)], codec, tok)
+    frames = int(np.ceil(wav.size / codec.frame_samples))  # 14: 2 whole groups and 4 frames
+    lay = tok.layout
+    assert frames == 14 and ids.size == 2 * lay.group_len + lay.text_slots_per_group + 4 * 4
+    sums = evaluate.clip_logprobs(lm, lay, [ids])[0]
+    assert (sums[1], sums[3]) == (frames, frames * lay.num_codebooks)  # not the 15th, silent
+
+
+def test_a_batch_with_no_gpu_memory_is_halved_and_scores_the_same(lm, tok, monkeypatch):
+    clips = [clip(tok, g, seed=g) for g in (2, 3, 2, 1, 3, 2)]
+    alone = evaluate.clip_logprobs(lm, tok.layout, clips, max_batch_tokens=10_000)
+    real, sizes = evaluate.audio_logprobs, []
+
+    def small_gpu(core, weight, layout, ids):
+        sizes.append(ids.shape[0])
+        if ids.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(core, weight, layout, ids)
+
+    monkeypatch.setattr(evaluate, "audio_logprobs", small_gpu)
+    np.testing.assert_allclose(evaluate.clip_logprobs(lm, tok.layout, clips, 10_000), alone,
+                               rtol=1e-5, atol=1e-4)  # fmt: skip
+    assert sizes[:3] == [6, 3, 1] and max(sizes[3:]) <= 2  # halved, then the budget kept low
+
+
 def test_batch_composition_never_changes_a_clips_score(lm, tok):
     clips = [clip(tok, g, seed=g) for g in (1, 4, 2, 6, 3)]
     alone = np.concatenate([evaluate.clip_logprobs(lm, tok.layout, [c]) for c in clips])
@@ -116,6 +143,54 @@ def test_a_suite_saved_in_the_hub_schema_loads_through_the_hub_adapter(tmp_path,
         wav = items[0].clips[0].load(24_000)  # decoded and resampled by ffmpeg
         assert abs(wav.size - 24_000) <= 1 and abs(np.abs(wav).max() - 0.3) < 0.02
         assert items[1].clips[1].load(24_000).size == pytest.approx(0.6 * 24_000, abs=1)
+
+
+def test_item_ids_repeated_in_a_data_set_stay_apart_with_or_without_a_limit(tmp_path):
+    import datasets
+
+    rows = {"id": [7, 7, 8], "positive": [_audio_cell(0.5, 220)] * 3,
+            "negative": [_audio_cell(0.5, 330)] * 3}  # e.g. one sentence pair in two voices
+    data = datasets.Dataset.from_dict(rows)
+    for col in ("positive", "negative"):
+        data = data.cast_column(col, datasets.Audio(sampling_rate=16_000))
+    data.save_to_disk(str(tmp_path / "local"))
+    assert [it.id for it in evaluate.load_suite("sblimp", tmp_path / "local")] == \
+        ["7@0", "7@1", "8"]  # fmt: skip
+    assert [it.id for it in evaluate.load_suite("sblimp", tmp_path / "local", limit=1)] == ["7@0"]
+
+
+def test_an_encoded_suite_made_otherwise_is_encoded_again(tok, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_encode(clips, codec, tokenizer, aligner=None, batch_size=16, errors=None):
+        calls.append(len(clips))
+        return [np.arange(3, dtype=np.int64) for _ in clips]
+
+    monkeypatch.setattr(evaluate, "encode_clips", fake_encode)
+    items = [evaluate.Item(f"i{k}", [evaluate.Clip(b"")] * 2) for k in range(5)]
+    store = evaluate.EncodedSuite(tmp_path / "enc", block=2)
+    store.build(items, None, tok, key={"mimi": "a"}, progress=False)
+    store.build(items, None, tok, key={"mimi": "a"}, progress=False)
+    assert calls == [4, 4, 2]  # three blocks, encoded once
+    store.build(items[:3], None, tok, key={"mimi": "a"}, progress=False)
+    assert calls[3:] == [2]  # a limit's last block holds fewer items: that block only
+    store.build(items, None, tok, key={"mimi": "b"}, progress=False)
+    assert calls[4:] == [4, 4, 2]  # another Mimi: every block again
+
+
+def test_a_metric_group_cut_short_is_not_done_and_a_rerun_replaces_it(tmp_path):
+    row = {"checkpoint": "final", "step": 1, "suite": "demo", "value": 0.5, "of": 2}
+    lines = [{**row, "metric": "acc_a"}]
+    assert evaluate.completed(lines) == set()  # stopped before its second metric
+    lines += [{**row, "metric": "acc_a", "value": 0.6}, {**row, "metric": "acc_b"},
+              {**row, "metric": "acc_a", "limit": 10, "of": 1}]  # fmt: skip
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    rows = evaluate.read_eval(tmp_path)
+    assert [(r["metric"], r["value"], r.get("limit")) for r in rows] == \
+        [("acc_a", 0.6, None), ("acc_b", 0.5, None), ("acc_a", 0.5, 10)]  # fmt: skip
+    assert evaluate.completed(rows) == {("final", "demo", None), ("final", "demo", 10)}
+    (table,) = evaluate.pivot(rows, "demo")
+    assert (table["a"], table["b"]) == (60.0, 50.0)  # the whole suite's, not the quick look's
 
 
 def test_the_demo_suite_ships_with_its_transcripts():
@@ -184,6 +259,27 @@ def test_the_demo_run_passes_its_sanity_suite_and_evaluation_resumes(tiny_models
     rows = evaluate.read_eval(run)
     assert {(r["checkpoint"], r["suite"]) for r in rows} == \
         {("final", "sanity"), ("final", "loss"), ("step-0000001", "sanity")}  # fmt: skip
+
+    import datasets  # a local suite with one corrupt recording: left out, with its reason
+
+    shipped = str(evaluate.demo_suite_dir() / "test.parquet")
+    demo = datasets.load_dataset("parquet", data_files=shipped, split="train")
+    demo = demo.select(range(5)).cast_column("negative", datasets.Audio(decode=False))
+    broken = demo.map(lambda row, k: {"negative": {"bytes": b"not audio", "path": "x.ogg"}}
+                      if k == 1 else {}, with_indices=True)  # fmt: skip
+    broken.save_to_disk(str(tmp_path / "broken"))
+    ask = dict(tokens_root=tokens, models=tiny_models, progress=False,
+               sources={"demo": tmp_path / "broken"})  # fmt: skip
+    quick = evaluate.evaluate_run(run, ["demo"], limit=3, **ask)
+    whole = evaluate.evaluate_run(run, ["demo"], **ask)  # the limit did not stand in for it
+    for result, limit, scored in ((quick, 3, 2), (whole, None, 4)):
+        mine = [r for r in result.rows if r["suite"] == "demo" and r.get("limit") == limit]
+        assert mine and all(r["n"] == scored and r["skipped"] == 1 for r in mine)
+    lines = list(evaluate.read_jsonl(run / "eval" / "final" / "demo.jsonl"))
+    bad = [r for r in lines if "error" in r]
+    assert len(lines) == 5 and [r["id"] for r in bad] == ["lexical-001"]
+    assert "clip 1" in bad[0]["error"] and "ffmpeg" in bad[0]["error"]
+    assert "1 unreadable items skipped" in whole.table()
 
 
 def test_the_evaluation_plot_draws_each_suite_against_its_chance():
