@@ -35,6 +35,7 @@ import torch
 
 from .audio import MIMI_SAMPLE_RATE_HZ
 from .codec import small_steps
+from .config import ModelsConfig, TokenizeConfig, TrainConfig, resolve_profile
 from .generate import Sampling, duplex_tokens, pick_decode
 from .tokenizer import TEXT_KIND
 
@@ -269,25 +270,44 @@ def memorised_check(session: DuplexSession, ids, user_wav: np.ndarray, prompt_s:
     """The notebook's check of a model that memorised a duplex training stream: prompt with
     its first ``prompt_s``, then play the user's track (``user_wav``, 24 kHz, from the stream's
     start) into the session live for ``continue_s``, greedily, and compare the assistant's
-    codes and text with what the stream really holds, and the user positions with it too."""
+    codes and text with what the stream really holds, and the user positions with it too.
+    ``stored`` is the same continuation fed the stream's own user codes instead of the live
+    audio: what the model memorised, apart from how Mimi heard the audio this time."""
     lay = session.tokenizer.layout
     n = session.group_samples
     p = int(round(prompt_s / lay.group_duration_s))
     g = int(round(continue_s / lay.group_duration_s))
     ids = np.asarray(ids, dtype=np.int64)[: (p + g) * lay.group_len]
     g = ids.size // lay.group_len - p
-    session.sampling = Sampling.greedy()
-    result = run_file(session, user_wav[p * n : (p + g) * n], prompt_ids=ids[: p * lay.group_len],
-                      prompt_user_wav=user_wav[: p * n])  # fmt: skip
+    sampling, session.sampling = session.sampling, Sampling.greedy()
+    try:
+        result = run_file(session, user_wav[p * n : (p + g) * n],
+                          prompt_ids=ids[: p * lay.group_len],
+                          prompt_user_wav=user_wav[: p * n])  # fmt: skip
+    finally:
+        session.sampling = sampling
     truth = ids[p * lay.group_len :]
     got = np.concatenate([s.ids for s in result.steps])
+    _, _, stored_user = session.tokenizer.decode_streams(truth)
+    F = lay.frames_per_group
+    stored = np.concatenate([g["ids"] for g in duplex_tokens(
+        session.model, lay, ids[: p * lay.group_len],
+        (stored_user[:, i * F : (i + 1) * F] for i in range(g)), Sampling.greedy(),
+        decode=session.decode)])  # fmt: skip
     kinds = lay.kinds(truth.size, p * lay.group_len)
     user = np.array([lay.is_user_kind(int(k)) for k in kinds])
     assistant_audio = (kinds != TEXT_KIND) & ~user
-    return {"assistant_codes_equal": float((got == truth)[assistant_audio].mean()),
-            "text_slots_equal": float((got == truth)[kinds == TEXT_KIND].mean()),
-            "user_codes_equal": float((got == truth)[user].mean()),
+
+    def share(ids, where) -> float:
+        return float((ids == truth)[where].mean())
+
+    return {"assistant_codes_equal": share(got, assistant_audio),
+            "text_slots_equal": share(got, kinds == TEXT_KIND),
+            "user_codes_equal": share(got, user),
+            "stored_assistant_codes_equal": share(stored, assistant_audio),
+            "stored_text_slots_equal": share(stored, kinds == TEXT_KIND),
             "text": session.tokenizer.decode(got)[0],
+            "stored_text": session.tokenizer.decode(stored)[0],
             "true_text": session.tokenizer.decode(truth)[0],
             "result": result}  # fmt: skip
 
@@ -566,3 +586,116 @@ def load_user_file(name: str, data: bytes, max_s: float = MAX_FILE_S) -> np.ndar
     from .chat import decode_user_audio
 
     return decode_user_audio(bytes(data), name, max_s)[0]
+
+
+# -- the notebook's recipe: the duplex token root, its run, and what it costs -----------------
+
+DUPLEX_USER_CODEBOOKS = 2  # the user's semantic codebook and the first acoustic one
+TINY_VIDEO_S = 20.0  # tiny profile: each demo episode's first chunk (20 s)
+
+
+def tokenize_config(profile: str | None = None, **overrides) -> TokenizeConfig:
+    """Stage 08's token layout: the user's `DUPLEX_USER_CODEBOOKS` after the assistant's K in
+    each frame. Tiny: the demo's host is the assistant (a memorised model, fed the guest's
+    track, gives back the host's) over each episode's first `TINY_VIDEO_S`; full: both
+    speakers in turn (``assistant="both"``: every conversation seen from both sides)."""
+    tiny = resolve_profile(profile) == "tiny"
+    fields = {"user_codebooks": DUPLEX_USER_CODEBOOKS, "assistant": "host" if tiny else "both"}
+    if tiny:
+        fields["max_video_s"] = TINY_VIDEO_S
+    return TokenizeConfig.from_profile(profile, **{**fields, **overrides})
+
+
+def tokens_dir(cfg) -> Path:
+    """``<data>/tokens_duplex``: a token root of its own (one root holds one layout)."""
+    return Path(cfg.data_dir) / "tokens_duplex"
+
+
+def ensure_duplex_tokens(cfg: TokenizeConfig, models: ModelsConfig,
+                         progress: bool = False) -> Path:  # fmt: skip
+    """`tokens_dir`, tokenized from ``<data>/chunks`` first if it holds nothing (the tiny
+    profile scrapes the demo podcast when needed), so notebook 08 runs on its own."""
+    from .preprocess import run_tokenize, stream_pieces
+    from .scrape import ensure_chunks
+
+    root = tokens_dir(cfg)
+    if not stream_pieces(root):
+        chunks = ensure_chunks(cfg.data_dir, cfg.profile)
+        run_tokenize(cfg, models, chunks, root, progress=progress)
+    return root
+
+
+def run_dir(cfg) -> Path:
+    """The duplex run notebook 08 trains and talks to."""
+    name = "tiny-duplex" if cfg.profile == "tiny" else "mistral-7b-duplex-lora"
+    return Path(cfg.data_dir) / "runs" / name
+
+
+def train_config(layout, profile: str | None = None, **overrides) -> TrainConfig:
+    """Stage 05's config for a duplex run: windows of whole groups (full: 4096 tokens = 51.2 s
+    at 80 tokens/s; tiny: one window holding a whole 20 s demo chunk, the one it memorises),
+    the user's stream conditioned on, not predicted (loss weight 0, moshi-finetune's choice;
+    set a fifth loss weight to predict it as well, as J-Moshi does)."""
+    cfg = TrainConfig.from_profile(profile, **overrides)
+    weights = tuple(cfg.loss_weights[:4]) + (cfg.loss_weights[4:5] or (0.0,))
+    if cfg.profile == "full":
+        fields = {"seq_len": 4096 // layout.group_len * layout.group_len, "epochs": 2.0}
+    else:  # memorise one chunk, seen whole at every step (80 steps: about 40 s on 2 cores)
+        groups = round(TINY_VIDEO_S / layout.group_duration_s)
+        fields = {"seq_len": groups * layout.group_len, "batch_size": 1, "train_chunks": 1,
+                  "max_steps": 80, "eval_every": 20, "save_every": 40}
+    fields["loss_weights"] = weights
+    return cfg.replace(**{**fields, **overrides})
+
+
+def user_track(chunks_root: str | Path, record: dict) -> np.ndarray:
+    """The user's track under a duplex piece (24 kHz): its chunk's audio cut by the piece's
+    turns, everyone but its assistant (what stage 03 encoded for the user's positions)."""
+    from .preprocess import piece_audio, turns_of
+    from .speakers import split_tracks
+
+    mix = piece_audio(chunks_root, record)
+    return split_tracks(mix, MIMI_SAMPLE_RATE_HZ, turns_of(record), record["role"])[1]
+
+
+def layout_table(text_vocab_size: int = 32000, num_codebooks: int = 4,
+                 user_codebooks: tuple[int, ...] = (0, 1, 2, 4), window: int = 4096
+                 ) -> list[dict]:  # fmt: skip
+    """The mono layout against duplex ones with K_user user codebooks: tokens per group and
+    per second, the seconds a ``window``-token context covers, and the ids in use."""
+    from .tokenizer import TokenLayout
+
+    rows = []
+    for k_user in user_codebooks:
+        lay = TokenLayout(text_vocab_size, num_codebooks, user_codebooks=k_user)
+        rows.append({"layout": "mono" if not k_user else f"duplex, K_user={k_user}",
+                     "tokens per group": lay.group_len, "tokens/s": lay.tokens_per_s,
+                     "sampled per group": lay.text_slots_per_group +
+                     lay.frames_per_group * num_codebooks,
+                     f"{window}-token window (s)": round(window / lay.tokens_per_s, 1),
+                     "vocabulary (rows)": lay.padded_vocab_size})  # fmt: skip
+    return rows
+
+
+def latency_plan(layout, listen_ms: float, speak_ms: float,
+                 host_forward_ms: dict | None = None) -> list[dict]:  # fmt: skip
+    """What one 400 ms duplex group costs with Mistral-7B in bf16, per GPU and decode path
+    (an estimate): listening and speaking as measured (``listen_ms``, ``speak_ms``: Mimi, the
+    same network at any model size), and the LM's part from the same model of a step as
+    `generate.realtime_plan`: each sampled position is one forward, and the user's forced
+    codes ride in the next forward with it (a pass of 1 + K_user tokens once a frame, which
+    reads the weights once like a one-token step; compiled too, `generate.SHORT_RUN`), so a
+    group costs its S + F * K sampled positions, as in the mono layout."""
+    from .generate import HOST_FORWARD_MS_7B, HOST_OUTSIDE_MS_7B, realtime_plan
+
+    host = host_forward_ms or HOST_FORWARD_MS_7B
+    sampled = layout.text_slots_per_group + layout.frames_per_group * layout.num_codebooks
+    rows = []
+    for row in realtime_plan(host):
+        lm_ms = sampled * (max(row["memory_ms"], host[row["decode"]]) + HOST_OUTSIDE_MS_7B)
+        total = listen_ms + lm_ms + speak_ms
+        rows.append({"gpu": row["gpu"], "decode": row["decode"], "listen ms": round(listen_ms),
+                     "think and talk ms": round(lm_ms), "speak ms": round(speak_ms),
+                     "per group ms": round(total),
+                     "keeps up": "yes" if total < layout.group_duration_s * 1e3 else "no"})
+    return rows

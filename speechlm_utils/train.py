@@ -1056,12 +1056,14 @@ RECIPE_FIELDS = ("lora_r", "keep_every", "keep_layers", "seq_len", "batch_size",
 
 
 def recipe_config(cfg: TrainConfig, models: ModelsConfig | None = None,
-                  device: str | None = None, run_dir: str | Path | None = None) -> TrainConfig:
+                  device: str | None = None, run_dir: str | Path | None = None,
+                  layout: TokenLayout | None = None) -> TrainConfig:  # fmt: skip
     """``cfg``, or on a GPU too small for it the best `RECIPES` entry that fits (LoRA rank,
     pruning, window and batch; accumulation raised to keep the tokens per step), so notebook 05
-    runs unedited on a T4 as on an A100. A ``run_dir`` that already holds a run keeps the recipe
-    it recorded (a resume must rebuild the same model). Unchanged off CUDA and in the tiny
-    profile."""
+    runs unedited on a T4 as on an A100; its window cut to whole groups of ``layout`` (default
+    the mono one; notebook 08 passes the duplex one). A ``run_dir`` that already holds a run
+    keeps the recipe it recorded (a resume must rebuild the same model). Unchanged off CUDA
+    and in the tiny profile."""
     recorded = Path(run_dir) / "run.json" if run_dir else None
     if recorded is not None and recorded.exists():
         recipe = json.loads(recorded.read_text()).get("recipe")
@@ -1078,7 +1080,7 @@ def recipe_config(cfg: TrainConfig, models: ModelsConfig | None = None,
     from .checkpoints import lm_config
 
     shape = lm_shape(lm_config(models)) if models is not None else MISTRAL_7B
-    layout = TokenLayout(32000)
+    layout = layout or TokenLayout(32000)
     nbytes = pick_dtype(device).itemsize
     total = torch.cuda.get_device_properties(torch.device(device)).total_memory / 1e9
     layers = shape["layers"] // (cfg.keep_every or 1)
@@ -1090,12 +1092,13 @@ def recipe_config(cfg: TrainConfig, models: ModelsConfig | None = None,
     if not fits:
         raise DoesNotFitError(f"no training recipe fits {total:.0f} GB (see recipe_for_gpu)")
     best = fits[0]
+    seq_len = best["seq_len"] // layout.group_len * layout.group_len  # whole groups
     tokens = cfg.seq_len * cfg.batch_size * cfg.grad_accum
-    accum = max(1, round(tokens / (best["seq_len"] * best["batch_size"])))
+    accum = max(1, round(tokens / (seq_len * best["batch_size"])))
     print(f"{total:.0f} GB GPU: the default recipe needs ~{own['total_GB']} GB; using "
           f"{best['name']} ({best['total_GB']} GB planned), gradient accumulation {accum}")
     return cfg.replace(lora_r=best["lora_r"], keep_every=best["keep_every"],
-                       seq_len=best["seq_len"], batch_size=best["batch_size"], grad_accum=accum)
+                       seq_len=seq_len, batch_size=best["batch_size"], grad_accum=accum)
 
 
 MIN_STEPS = 100  # a schedule sized to the data has at least this many steps when it can

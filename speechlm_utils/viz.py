@@ -231,17 +231,24 @@ def plot_vocab_layout(layout):
 
 
 def plot_group_layout(layout, groups: int = 2):
-    """The first groups of the stream, one cell per token, coloured by kind."""
+    """The first groups of the stream, one cell per token, coloured by kind (the duplex
+    layout's user codebooks hatched, labelled u0, u1, ...)."""
     import numpy as np
 
     n = layout.group_len * groups
     kinds = layout.kinds(n)
+    K = layout.num_codebooks
     # narrow enough that a notebook shows it near full size, so the cell labels stay readable
-    fig, ax = plt.subplots(figsize=(min(14, 0.28 * n + 1), 2.3))
+    fig, ax = plt.subplots(figsize=(min(14 if groups * layout.group_len < 60 else 16,
+                                        0.28 * n + 1), 2.3))  # fmt: skip
     for pos, kind in enumerate(kinds):
-        ax.add_patch(plt.Rectangle((pos, 0), 0.95, 1, color=kind_color(int(kind))))
-        frame = (pos % layout.group_len - layout.text_slots_per_group) // layout.num_codebooks
-        label = "T" if kind == 0 else f"f{frame}\nc{kind - 1}"
+        user = layout.is_user_kind(int(kind))
+        color = kind_color(int(kind) - K if user else int(kind))
+        ax.add_patch(plt.Rectangle((pos, 0), 0.95, 1, facecolor=color, alpha=0.55 if user else 1,
+                                   hatch="//" if user else None, edgecolor="white", lw=0))
+        frame = (pos % layout.group_len - layout.text_slots_per_group) // layout.frame_len
+        label = "T" if kind == 0 else (f"f{frame}\nu{kind - 1 - K}" if user else
+                                       f"f{frame}\nc{kind - 1}")  # fmt: skip
         ax.text(pos + 0.47, 0.5, label, ha="center", va="center", fontsize=9, color="white",
                 fontweight="bold")  # fmt: skip
     for g in range(groups + 1):
@@ -253,8 +260,10 @@ def plot_group_layout(layout, groups: int = 2):
                   [f"group {g}: {g * layout.group_duration_s:.1f}-"
                    f"{(g + 1) * layout.group_duration_s:.1f} s" for g in range(groups)],
                   fontsize=11)  # fmt: skip
+    per_frame = (f"({K} of the assistant (c) + {layout.user_codebooks} of the user (u))"
+                 if layout.duplex else f"x {K} codebooks (c)")  # fmt: skip
     ax.set_title(f"{layout.text_slots_per_group} text slots (T), then {layout.frames_per_group} "
-                 f"frames (f) x {layout.num_codebooks} codebooks (c): {layout.group_len} tokens "
+                 f"frames (f) {per_frame}: {layout.group_len} tokens "
                  f"per {layout.group_duration_s * 1000:.0f} ms = {layout.tokens_per_s:g} tokens/s",
                  fontsize=11)  # fmt: skip
     fig.tight_layout()
@@ -765,7 +774,10 @@ def widget_outline(widget) -> str:
             "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>")
 
 
-LOSS_KIND_COLORS = {"text": "text", "pad": "pad", "semantic": "cb0", "acoustic": "cb1"}
+# the duplex layout's user stream (`train.LOSS_KINDS`' user) in a codebook colour no figure of
+# the assistant's four codebooks uses
+LOSS_KIND_COLORS = {"text": "text", "pad": "pad", "semantic": "cb0", "acoustic": "cb1",
+                    "user": "cb4"}
 
 
 def loss_kind_color(kind: str) -> str:
@@ -837,8 +849,8 @@ def plot_loss_shares(rows: list[dict]):
     fig, ax = plt.subplots(figsize=(8.5, 1.3 + 0.5 * len(rows)))
     labels = [r["weights"] for r in rows][::-1]
     left = [0.0] * len(rows)
-    for kind in LOSS_KIND_COLORS:
-        shares = [r[kind] for r in rows][::-1]
+    for kind in [k for k in LOSS_KIND_COLORS if any(k in r for r in rows)]:  # mono: no user
+        shares = [r.get(kind, 0.0) for r in rows][::-1]
         ax.barh(labels, shares, left=left, color=loss_kind_color(kind), label=kind)
         for y, (x0, share) in enumerate(zip(left, shares)):
             if share > 0.04:
@@ -984,5 +996,127 @@ def plot_item_logprobs(layout, explained: dict, variant: str = "text"):
     how = "text slots as trained" if variant == "text" else "speech only (text slots padded)"
     ax.set_title(f"{explained['id']}: {how}")
     ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+# -- stage 08: two speakers, two streams -------------------------------------------------------
+
+SPEAKER_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+
+
+def plot_speaker_timeline(turns: list, words: list | None = None, assistant: str | None = None,
+                          title: str = ""):  # fmt: skip
+    """Who speaks when: one lane per speaker, each turn a bar (the assistant's marked), and
+    the words at their times on their speaker's lane."""
+    from .speakers import speaker_of, speaking_time
+
+    totals = speaking_time(turns)
+    names = list(totals)
+    fig, ax = plt.subplots(figsize=(14, 0.9 + 0.7 * len(names)))
+    for lane, name in enumerate(names):
+        color = SPEAKER_COLORS[lane % len(SPEAKER_COLORS)]
+        for t in turns:
+            if t.speaker == name:
+                ax.barh(lane, t.duration_s, left=t.start_s, height=0.6, color=color,
+                        alpha=0.9 if name == assistant else 0.5)  # fmt: skip
+    for w in words or []:
+        who = speaker_of(w, turns)
+        if who in names:
+            ax.text(w.start_s, names.index(who) + 0.38, w.text.strip(), fontsize=6,
+                    rotation=60, clip_on=True)  # fmt: skip
+    ax.set_yticks(range(len(names)),
+                  [f"{n}{' (assistant)' if n == assistant else ''}\n{totals[n]:.0f} s"
+                   for n in names])  # fmt: skip
+    ax.set_ylim(-0.5, len(names) - 0.3)
+    ax.invert_yaxis()
+    ax.set_xlabel("time (s)")
+    ax.set_xlim(0, max((t.end_s for t in turns), default=1.0))
+    ax.set_title(title or "who speaks when")
+    fig.tight_layout()
+    return fig
+
+
+def plot_tracks(mix, tracks: dict, sample_rate_hz: int, turns: list | None = None,
+                title: str = ""):  # fmt: skip
+    """The mono mix and the tracks cut from it (name -> waveform), one row each, with the
+    turns shaded in their speaker's colour."""
+    import numpy as np
+
+    from .speakers import speaking_time
+
+    rows = {"mix": mix, **tracks}
+    names = list(speaking_time(turns or []))
+    t = np.arange(len(mix)) / sample_rate_hz
+    fig, axes = plt.subplots(len(rows), 1, figsize=(14, 1.4 * len(rows) + 0.6), sharex=True,
+                             sharey=True)  # fmt: skip
+    for ax, (name, wav) in zip(axes, rows.items()):
+        for turn in turns or []:
+            color = SPEAKER_COLORS[names.index(turn.speaker) % len(SPEAKER_COLORS)]
+            ax.axvspan(turn.start_s, turn.end_s, color=color, alpha=0.15, lw=0)
+        ax.plot(t[: len(wav)], wav, lw=0.3, color="black")
+        ax.set_ylabel(name, rotation=0, ha="right", va="center")
+    axes[-1].set_xlabel("time (s)")
+    axes[-1].set_xlim(0, t[-1] if t.size else 1)
+    axes[0].set_title(title or "one mix, two tracks (turns shaded by speaker)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_duplex_codes(tokenizer, got_ids, true_ids=None, start_s: float = 0.0):
+    """A duplex stream's codes, one row per codebook: the user's (heard: forced from the
+    input), the assistant's as generated, and (with ``true_ids``) the assistant's as the
+    training stream holds them, with the frames where they differ marked."""
+    import numpy as np
+
+    lay = tokenizer.layout
+    _, mine, heard = tokenizer.decode_streams(got_ids)
+    panels = [("user (heard)", heard), ("assistant (generated)", mine)]
+    if true_ids is not None:
+        panels.append(("assistant (training stream)", tokenizer.decode_streams(true_ids)[1]))
+    frame_s = 1 / lay.frame_rate_hz
+    fig, axes = plt.subplots(len(panels), 1, figsize=(14, 1.0 + 0.55 * sum(
+        p[1].shape[0] for p in panels)), sharex=True, layout="constrained")  # fmt: skip
+    for ax, (name, codes) in zip(axes, panels):
+        ax.imshow(codes, aspect="auto", cmap=code_colormap(lay.codebook_size), vmin=-0.5,
+                  vmax=lay.codebook_size - 0.5, interpolation="nearest",
+                  extent=(start_s, start_s + codes.shape[1] * frame_s, codes.shape[0] - 0.5,
+                          -0.5))  # fmt: skip
+        ax.set_yticks(range(codes.shape[0]), [f"cb{k}" for k in range(codes.shape[0])])
+        ax.set_title(name, fontsize=10, loc="left")
+    if true_ids is not None:
+        differ = np.flatnonzero((mine != panels[2][1]).any(axis=0))
+        for f in differ:
+            axes[1].axvline(start_s + (f + 0.5) * frame_s, color="black", lw=0.8)
+        axes[1].set_title(f"assistant (generated): {differ.size} of {mine.shape[1]} frames "
+                          "differ from the training stream (black lines)", fontsize=10,
+                          loc="left")  # fmt: skip
+    axes[-1].set_xlabel("time (s)")
+    return fig
+
+
+def plot_duplex_timing(steps: list, group_s: float = 0.4, title: str = ""):
+    """Each 400 ms group of a duplex session: listening (Mimi's encoder), thinking and
+    talking (the LM) and speaking (Mimi's decoder), stacked, against the group's duration:
+    under the line the session keeps up with a live user."""
+    import numpy as np
+
+    x = np.arange(len(steps))
+    parts = (("listen (encode)", "encode_s", "tab:green"),
+             ("think and talk (LM)", "generate_s", "tab:blue"),
+             ("speak (decode)", "decode_s", "tab:orange"))  # fmt: skip
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    bottom = np.zeros(len(steps))
+    for label, key, color in parts:
+        ms = np.array([getattr(s, key) for s in steps]) * 1e3
+        ax.bar(x, ms, bottom=bottom, color=color, label=label, width=0.8)
+        bottom += ms
+    ax.axhline(group_s * 1e3, color="black", ls="--", lw=1,
+               label=f"real time: {group_s * 1e3:.0f} ms per group")  # fmt: skip
+    ax.set(xlabel="group", ylabel="ms per group", title=title or "one duplex step per 400 ms")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

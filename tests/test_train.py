@@ -429,6 +429,9 @@ def test_notebook_05_adopts_the_recipe_that_fits_the_gpu(monkeypatch):
     assert (t4.lora_r, t4.keep_every, t4.seq_len, t4.batch_size) == (16, 2, 2046, 1)
     assert t4.seq_len * t4.batch_size * t4.grad_accum == pytest.approx(
         full.seq_len * full.batch_size * full.grad_accum, rel=0.01)  # same tokens per step
+    duplex = TokenLayout(32000, user_codebooks=2)  # notebook 08: windows of whole 32-token groups
+    t4_duplex = train.recipe_config(full.replace(seq_len=4096), device="cuda:0", layout=duplex)
+    assert t4_duplex.seq_len == 2016 and t4_duplex.seq_len % duplex.group_len == 0
     Props.total_memory = 85e9  # an 80 GB card keeps the default
     assert train.recipe_config(full, device="cuda:0") == full
     assert train.recipe_config(full, device="cpu") == full

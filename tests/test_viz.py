@@ -362,3 +362,37 @@ def test_widget_outline_lists_the_controls_and_leaves_out_empty_parts():
     assert [i.removesuffix("</ul>").removesuffix("</li>") for i in items] == [
         "<b>Talk</b>", "reply (s): 6.0", "[Respond]", "chunk: a.webm (2 choices)"]
     assert viz.with_still(box)._repr_mimebundle_()["text/html"] == viz.widget_outline(box)
+
+
+def test_duplex_figures_show_speakers_tracks_codes_and_the_budget(text_tokenizer):
+    from types import SimpleNamespace
+
+    from speechlm_utils.speakers import Turn
+    from speechlm_utils.tokenizer import SpeechTokenizer
+
+    turns = [Turn("host", 0.0, 2.0), Turn("guest", 2.5, 6.0)]
+    fig = viz.plot_speaker_timeline(turns, assistant="host")
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels[0].startswith("guest") and "(assistant)" in labels[1]  # most talkative first
+    assert len(fig.axes[0].patches) == 2
+    wav = np.ones(6000, np.float32)
+    fig = viz.plot_tracks(wav, {"host": wav * 0, "guest": wav}, 1000, turns)
+    assert len(fig.axes) == 3
+    tok = SpeechTokenizer(text_tokenizer, user_codebooks=2)
+    rng = np.random.default_rng(0)
+    codes, user = rng.integers(0, 2048, (4, 10)), rng.integers(0, 2048, (2, 10))
+    truth = tok.encode(codes, [], user_codes=user).ids
+    changed = codes.copy()
+    changed[1, [3, 7]] += 1  # two frames differ
+    got = tok.encode(changed, [], user_codes=user).ids
+    fig = viz.plot_duplex_codes(tok, got, truth)
+    assert len(fig.axes[1].lines) == 2 and "2 of 10 frames" in fig.axes[1].get_title(loc="left")
+    steps = [SimpleNamespace(encode_s=0.1, generate_s=0.2, decode_s=0.05)] * 3
+    fig = viz.plot_duplex_timing(steps)
+    assert [line.get_ydata()[0] for line in fig.axes[0].lines] == [400.0]
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert sum(heights) == pytest.approx(3 * 350.0)
+    fig = viz.plot_group_layout(tok.layout, groups=1)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts.count("T") == 2 and "f0\nu1" in texts and "f4\nc3" in texts
+    assert "2 of the user" in fig.axes[0].get_title()
