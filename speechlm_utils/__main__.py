@@ -238,7 +238,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if not where:
             raise SystemExit(f"--source {spec!r}: use SUITE=DIR (or SUITE=hub/id)")
         sources[name] = where
-    cfg = _config(config.EvalConfig, args, checkpoints=args.checkpoints, limit=args.limit)
+    cfg = _config(config.EvalConfig, args, checkpoints=args.checkpoints, limit=args.limit,
+                  max_batch_tokens=args.max_batch_tokens)  # fmt: skip
     result = evaluate_run(args.run, args.suite or cfg.suites, cfg.checkpoints, _models(args),
                           args.tokens, limit=cfg.limit, sources=sources,
                           consistency_prompts=cfg.consistency_prompts,
@@ -407,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tokens", type=Path,
                     help="the token root the run trained on (default: the one it recorded)")
     ev.add_argument("--limit", type=int, help="score only the first N items of each suite")
+    ev.add_argument("--max-batch-tokens", type=int,
+                    help="tokens per scoring forward (default 32768 on a GPU, 4096 elsewhere; "
+                         "halved by itself when a batch runs out of GPU memory)")
     ev.add_argument("--source", action="append", metavar="SUITE=DIR",
                     help="read a suite from a local copy (save_to_disk or parquet) instead of "
                          "the hub")

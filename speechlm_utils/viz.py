@@ -919,8 +919,12 @@ def plot_evaluation(rows: list[dict], chance: dict[str, float] | None = None,
     loss per kind, with a uniform guess among ``codebook_size`` codes, and each likelihood
     suite's accuracy (text slots as trained, solid; speech only, dashed; semantic codebook,
     circles; all codebooks, squares), with each suite's chance level (the rows' ``chance``,
-    1 / clips per item, unless ``chance`` maps the suite to another)."""
+    1 / clips per item, unless ``chance`` maps the suite to another). A suite scored whole
+    hides its quick looks (rows with a ``limit``)."""
     import math
+
+    whole = {r["suite"] for r in rows if not r.get("limit")}
+    rows = [r for r in rows if not r.get("limit") or r["suite"] not in whole]
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(13, 3.8))
     for kind in LOSS_KIND_COLORS:

@@ -396,3 +396,15 @@ def test_duplex_figures_show_speakers_tracks_codes_and_the_budget(text_tokenizer
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts.count("T") == 2 and "f0\nu1" in texts and "f4\nc3" in texts
     assert "2 of the user" in fig.axes[0].get_title()
+
+
+def test_evaluation_plot_hides_a_quick_look_once_the_suite_is_scored_whole():
+    rows = [{"suite": "sblimp", "metric": "acc_text_semantic", "step": 50, "value": 0.9,
+             "limit": 20},
+            {"suite": "sblimp", "metric": "acc_text_semantic", "step": 50, "value": 0.6},
+            {"suite": "demo", "metric": "acc_text_semantic", "step": 50, "value": 0.7,
+             "limit": 5}]  # fmt: skip
+    fig = viz.plot_evaluation(rows)
+    plotted = {line.get_label(): list(line.get_ydata()) for line in fig.axes[1].lines
+               if not line.get_label().startswith("_")}  # fmt: skip
+    assert plotted == {"demo": [70.0], "sblimp": [60.0]}  # demo was only ever a quick look
