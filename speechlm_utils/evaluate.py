@@ -261,7 +261,8 @@ def encode_clips(clips: list[Clip], codec, tokenizer: SpeechTokenizer, aligner=N
     codes), words in the text slots: the clip's own transcript, else ``aligner``'s (Whisper),
     else none. Each clip's ids end with its last frame of real audio: the silence that pads it
     to a whole group is not part of the clip, and scoring it would favour the clip with more
-    padding. ``[N_i]`` int64 each.
+    padding. ``[N_i]`` int64 each. A duplex layout's clip is the assistant speaking while the
+    user is silent (the user's codes are Mimi's codes of silence).
 
     ``errors``: where given, a clip whose audio cannot be read (corrupt, empty, not finite) gets
     empty ids and ``errors[i]`` its reason instead of stopping every other clip."""
@@ -293,6 +294,8 @@ def encode_clips(clips: list[Clip], codec, tokenizer: SpeechTokenizer, aligner=N
             for row, i in enumerate(keys):
                 batch[row, 0, : wavs[i].size] = torch.from_numpy(wavs[i])
             codes = codec.encode(batch, lengths)
+            silent = codec.encode(torch.zeros(1, 1, max(lengths)))[0][: lay.user_codebooks] \
+                if lay.duplex else None  # fmt: skip
             words = {i: part[i].words for i in keys}
             missing = [i for i in keys if words[i] is None]
             if missing and aligner is not None:
@@ -300,7 +303,9 @@ def encode_clips(clips: list[Clip], codec, tokenizer: SpeechTokenizer, aligner=N
                 words.update(zip(missing, heard))
             for i, c in zip(keys, codes):
                 frames = math.ceil(wavs[i].size / codec.frame_samples)
-                ids[i] = tokenizer.encode(c.numpy(), words[i] or []).ids[: audio_end(lay, frames)]
+                user = None if silent is None else silent[:, : c.shape[1]].numpy()
+                ids[i] = tokenizer.encode(c.numpy(), words[i] or [], user_codes=user).ids[
+                    : audio_end(lay, frames)]
         out += [ids.get(i, np.zeros(0, np.int64)) for i in range(len(part))]
     return out
 
@@ -639,7 +644,7 @@ def sanity_items(memorised: list[np.ndarray], others: list[np.ndarray], layout: 
     pool = others or memorised
     for k, ids in enumerate(memorised[:count]):
         groups = ids.reshape(-1, lay.group_len)
-        audio = groups[:, lay.text_slots_per_group :].reshape(-1, lay.num_codebooks)
+        audio = groups[:, lay.text_slots_per_group :].reshape(-1, lay.frame_len)  # frames
         shuffled = groups.copy()
         shuffled[:, lay.text_slots_per_group :] = \
             audio[rng.permutation(len(audio))].reshape(len(groups), -1)  # fmt: skip

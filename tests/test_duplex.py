@@ -154,3 +154,15 @@ def test_chat_duplex_plays_a_file_into_a_duplex_run(duplex_run, voice, tmp_path,
         main(["--profile", "tiny", "chat", "--run", str(duplex_run), "--audio", str(question),
               "--out", str(tmp_path / "x.wav")])  # fmt: skip
     assert json.loads((duplex_run / "run.json").read_text())  # a real run
+
+
+def test_a_duplex_run_is_evaluated_with_the_user_silent(duplex_run):
+    """Stage 07 on a duplex run: its held-out loss has the user's kind, the sanity suite
+    shuffles whole frames (both streams), and a likelihood clip is the assistant speaking
+    while the user is silent."""
+    from speechlm_utils.evaluate import evaluate_run
+
+    result = evaluate_run(duplex_run, ["loss", "sanity", "demo"], limit=2, progress=False)
+    metrics = {(r["suite"], r["metric"]) for r in result.rows}
+    assert ("loss", "loss_user") in metrics and ("loss", "loss_semantic") in metrics
+    assert any(s == "sanity" for s, _ in metrics) and any(s == "demo" for s, _ in metrics)
