@@ -24,8 +24,8 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"data:    {models.data_dir}")
     print("models (--lm/--mimi/--whisper, $SPEECHLM_LM/_MIMI/_WHISPER):")
     print("  " + models.describe().replace("\n", "\n  "))
-    layout = models.data_dir / "tokens" / "layout.json"
-    recorded = [("tokens", layout)] if layout.exists() else []
+    layouts = [models.data_dir / root / "layout.json" for root in ("tokens", "tokens_duplex")]
+    recorded = [(path.parent.name, path) for path in layouts if path.exists()]
     recorded += [(f"run {p.parent.name}", p)
                  for p in sorted((models.data_dir / "runs").glob("*/run.json"))]
     for what, path in recorded:
