@@ -350,9 +350,12 @@ function render({ model, el }) {
     if (stream) stream.getTracks().forEach((t) => t.stop());
     node = null; stream = null;
     button.textContent = "\u25cf Start live";
+    info.textContent = latencies.length ? info.textContent.replace(/^live:/, "stopped:")
+      : "live: off";
     model.send({ kind: "stop" });
   };
   const push = (x) => {
+    if (!stream) return;  // a block the tap posted before it was disconnected
     buffer.push(x); filled += x.length;
     while (filled >= piece) {
       const out = new Float32Array(piece);
@@ -389,7 +392,10 @@ function render({ model, el }) {
       }
       source.connect(node);
       node.connect(ctx.destination);  // keeps the graph pulling (the tap outputs silence)
-      buffer = []; filled = 0; next = 0;
+      buffer = []; filled = 0; next = 0; sent.clear(); latencies.length = 0;
+      model.set("groups_back", 0);
+      model.set("mean_latency_ms", 0);
+      model.save_changes();
       model.send({ kind: "start" });
       button.textContent = "\u25a0 Stop";
       info.textContent = "live: listening\u2026";
@@ -415,10 +421,12 @@ function render({ model, el }) {
       latencies.push(performance.now() - t);
       sent.delete(msg.seq);
     }
+    if (!latencies.length) return;
     const mean = latencies.reduce((a, b) => a + b, 0) / latencies.length;
     const last = latencies.at(-1).toFixed(0);
-    info.textContent = `live: ${latencies.length} groups back, latency ${last} ms ` +
-      `(mean ${mean.toFixed(0)} ms; the model's part ${msg.compute_ms.toFixed(0)} ms)`;
+    info.textContent = `${stream ? "live" : "stopped"}: ${latencies.length} groups back, ` +
+      `latency ${last} ms (mean ${mean.toFixed(0)} ms; ` +
+      `the model's part ${msg.compute_ms.toFixed(0)} ms)`;
     model.set("groups_back", latencies.length);
     model.set("mean_latency_ms", mean);
     model.save_changes();
@@ -471,6 +479,7 @@ class DuplexWidget:
         self.result = w.Output()
         self.transcript = w.HTML()
         self._pending = np.zeros(0, np.float32)
+        self._live_on = False  # between a start and a stop: pieces after a stop are dropped
         self._say("Press <b>Start live</b> and talk, or play a file into the model.")
         self.widget = w.VBox([
             w.HTML("<b>Full duplex: the model listens while it talks</b>"),
@@ -492,10 +501,16 @@ class DuplexWidget:
                 self.session.sampling = self._sampling()
                 self.session.start()
                 self._pending = np.zeros(0, np.float32)
+                self._live_on = True
                 self._say("Live: listening.")
             elif kind == "stop":
-                self._say(f"Live stopped after {len(self.session.steps)} groups.")
-            elif kind == "pcm":
+                self._live_on = False
+                self.session.close()  # Mimi's streaming state goes: the codec serves others
+                heard = self.live.groups_back  # synced before the stop (one comm, in order)
+                back = (f"; the browser got {heard} back, {self.live.mean_latency_ms:.0f} ms "
+                        "after sending each piece on average" if heard else "")
+                self._say(f"Live stopped after {len(self.session.steps)} groups{back}.")
+            elif kind == "pcm" and self._live_on:
                 self.hear(np.frombuffer(base64.b64decode(content["pcm"]), np.float32),
                           content.get("seq"))  # fmt: skip
         except Exception as err:  # a model error must not break the widget
@@ -510,6 +525,10 @@ class DuplexWidget:
         while self._pending.size >= n:
             piece, self._pending = self._pending[:n], self._pending[n:]
             step = self.session.step(piece)
+            rms = float(np.sqrt(np.mean(np.square(piece, dtype=np.float64))))
+            level = 20 * math.log10(max(rms, 1e-10))
+            self._say(f"Live: {len(self.session.steps)} groups heard, the last at "
+                      f"{level:.0f} dBFS.")
             steps.append(step)
             pcm = base64.b64encode(np.asarray(step.audio, np.float32).tobytes()).decode()
             self.live.send({"kind": "pcm", "pcm": pcm, "group": step.group, "seq": seq,

@@ -95,3 +95,40 @@ def test_microphone_recording_reaches_the_kernel(page, lab):
                               .inner_text()).group(1))  # fmt: skip
     assert 1.5 <= seconds <= 4.0  # decoded in the kernel, about as long as we recorded
     screenshot(page, "06_microphone")
+
+
+def _live_info(page) -> str:
+    return page.locator(".speechlm-live-info").last.inner_text()
+
+
+def test_live_duplex_streams_the_microphone_and_plays_the_reply(page, lab):
+    open_notebook(page, lab, "08_full_duplex.ipynb")
+    run_all(page)
+    assert_no_traceback(page)
+    live = page.locator(".speechlm-live").last
+    live.click()  # Chromium's fake device plays a known wav into the microphone
+    page.wait_for_function(  # reply audio for 3 groups received and scheduled to play
+        "() => +(/live: (\\d+) groups back/.exec("
+        "document.querySelector('.speechlm-live-info')?.innerText || '') || [])[1] >= 3",
+        timeout=120_000)  # fmt: skip
+    info = _live_info(page)
+    latency_ms = float(re.search(r"latency (\d+) ms \(mean (\d+) ms", info).group(2))
+    assert 0 < latency_ms < 60_000, info  # measured by the browser, piece sent to reply back
+    timing = page.locator(".speechlm-duplex-timing").last.inner_text()
+    assert int(re.match(r"(\d+) groups, per group", timing).group(1)) >= 3, timing
+    status = page.locator(".speechlm-status").last.inner_text()
+    level = float(re.search(r"groups heard, the last at (-?\d+) dBFS", status).group(1))
+    assert level > -50, status  # the fake microphone's speech, not silence
+    box = page.locator(".widget-vbox", has_text="Full duplex").first
+    box.scroll_into_view_if_needed()
+    screenshot(page, "08_live_duplex", box)
+    live.click()  # stop: the kernel answers the pieces it was sent, then says how many
+    assert live.inner_text().endswith("Start live")
+    page.wait_for_function(
+        "() => /Live stopped after \\d+ groups/.test("
+        "document.querySelector('.speechlm-status')?.innerText || '')", timeout=120_000)
+    status = page.locator(".speechlm-status").last.inner_text()
+    ran, got = map(int, re.search(r"after (\d+) groups; the browser got (\d+) back",
+                                  status).groups())  # fmt: skip
+    assert ran >= got >= 3, status  # groups_back reached the kernel; every reply was a group
+    assert _live_info(page).startswith("stopped:")
