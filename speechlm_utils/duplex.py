@@ -345,6 +345,21 @@ function render({ model, el }) {
   info.textContent = "live: off";
   let ctx = null, stream = null, node = null, buffer = [], filled = 0, seq = 0, next = 0;
   const sent = new Map(), latencies = [];
+  // browsers that will not connect a microphone to a 24 kHz context (Firefox) get one at the
+  // device's rate, and its blocks are resampled here (linear: enough for speech to Mimi)
+  let step = 1, pos = 0, prev = 0;
+  const resample = (x) => {
+    if (step === 1) return x;
+    const out = [];
+    while (pos < x.length - 1) {
+      const i = Math.floor(pos), f = pos - i, a = i < 0 ? prev : x[i];
+      out.push(a + (x[i + 1] - a) * f);
+      pos += step;
+    }
+    pos -= x.length;
+    prev = x[x.length - 1];
+    return Float32Array.from(out);
+  };
   const stop = () => {
     if (node) node.disconnect();
     if (stream) stream.getTracks().forEach((t) => t.stop());
@@ -354,8 +369,9 @@ function render({ model, el }) {
       : "live: off";
     model.send({ kind: "stop" });
   };
-  const push = (x) => {
+  const push = (block) => {
     if (!stream) return;  // a block the tap posted before it was disconnected
+    const x = resample(block);
     buffer.push(x); filled += x.length;
     while (filled >= piece) {
       const out = new Float32Array(piece);
@@ -377,7 +393,16 @@ function render({ model, el }) {
       await ctx.resume();
       stream = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true,
         noiseSuppression: false, autoGainControl: false, channelCount: 1 } });
-      const source = ctx.createMediaStreamSource(stream);
+      let source;
+      try {
+        source = ctx.createMediaStreamSource(stream);
+      } catch (err) {  // another rate than the device's: open the context at the device's
+        await ctx.close();
+        ctx = new AudioContext();
+        await ctx.resume();
+        source = ctx.createMediaStreamSource(stream);
+      }
+      step = ctx.sampleRate / rate; pos = 0; prev = 0;
       if (ctx.audioWorklet) {
         if (!ctx.speechlmTap) {
           const url = URL.createObjectURL(new Blob([WORKLET], { type: "application/javascript" }));

@@ -106,7 +106,9 @@ def test_the_widget_streams_each_whole_group_back_and_explains_bad_files(dlm, dt
     assert "3 groups" in ui.timing.value and "400 ms" in ui.timing.value
     ui._on_message(None, {"kind": "stop"}, [])
     assert "3 groups" in ui.status.value
-    session.close()
+    assert session._stack is None  # stop frees Mimi's streaming state: the codec serves others
+    ui._on_message(None, pcm(voice[30000:50000]), [])  # a piece posted before the stop arrived
+    assert len(sent) == 3 and len(session.steps) == 3  # ignored
     assert ui.play_file("empty.wav", b"") is None and "empty" in ui.status.value
     assert ui.play_file("noise.bin", b"not audio at all") is None
     assert "not audio" in ui.status.value
