@@ -7,8 +7,9 @@ codes riding along) and to speak (Mimi's streaming decoder on the assistant's co
 median and the worst group, and whether the step keeps up with a live user. Baseline measured
 in the same run: the same LM in the mono layout generating as many groups (its 22 positions
 per group sampled, nothing heard), so the ratio is what listening costs the LM. Then the estimate
-for Mistral-7B in bf16 per GPU (`duplex.latency_plan`, from the measured Mimi shares and
-`generate.realtime_plan`'s model of a step).
+for Mistral-7B in bf16 per GPU (`duplex.latency_plan`: the LM's part from
+`generate.realtime_plan`'s model of a step, what it leaves of 400 ms for Mimi, and the step with
+Mimi as measured here).
 
     python benchmarks/bench_duplex.py               # the tiny model and Mimi, this machine
     python benchmarks/bench_duplex.py --device cuda  # the same on a GPU (adds compiled)
@@ -102,7 +103,7 @@ def main() -> None:
     print("\nLM vs mono: the duplex group's LM time over the same LM in the mono layout making "
           "a group (22 positions sampled in both; the user's codes ride along in duplex).\n")
     print("Mistral-7B in bf16, estimate per GPU (Mimi's parts as measured here):\n")
-    plan = duplex.latency_plan(lay, float(np.median(listen)), float(np.median(speak)))
+    plan = duplex.latency_plan(lay, float(np.median(listen) + np.median(speak)))
     print(_markdown(plan))
 
 

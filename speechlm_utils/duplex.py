@@ -721,25 +721,27 @@ def layout_table(text_vocab_size: int = 32000, num_codebooks: int = 4,
     return rows
 
 
-def latency_plan(layout, listen_ms: float, speak_ms: float,
+def latency_plan(layout, mimi_ms: float | None = None,
                  host_forward_ms: dict | None = None) -> list[dict]:  # fmt: skip
     """What one 400 ms duplex group costs with Mistral-7B in bf16, per GPU and decode path
-    (an estimate): listening and speaking as measured (``listen_ms``, ``speak_ms``: Mimi, the
-    same network at any model size), and the LM's part from the same model of a step as
-    `generate.realtime_plan`: each sampled position is one forward, and the user's forced
-    codes ride in the next forward with it (a pass of 1 + K_user tokens once a frame, which
-    reads the weights once like a one-token step; compiled too, `generate.SHORT_RUN`), so a
-    group costs its S + F * K sampled positions, as in the mono layout."""
+    (an estimate): the LM's part from `generate.realtime_plan`'s model of a step (each sampled
+    position is one forward; the user's forced codes ride in the next forward with it, a pass of
+    1 + K_user tokens once a frame that reads the weights once like a one-token step, compiled
+    too: `generate.SHORT_RUN`; so a group costs its S + F * K sampled positions, as in the mono
+    layout), what that leaves of the group for Mimi, and with ``mimi_ms`` (listening and
+    speaking as measured on this machine: the same network at any LM size) the whole step."""
     from .generate import HOST_FORWARD_MS_7B, HOST_OUTSIDE_MS_7B, realtime_plan
 
     host = host_forward_ms or HOST_FORWARD_MS_7B
     sampled = layout.text_slots_per_group + layout.frames_per_group * layout.num_codebooks
+    budget = layout.group_duration_s * 1e3
     rows = []
     for row in realtime_plan(host):
         lm_ms = sampled * (max(row["memory_ms"], host[row["decode"]]) + HOST_OUTSIDE_MS_7B)
-        total = listen_ms + lm_ms + speak_ms
-        rows.append({"gpu": row["gpu"], "decode": row["decode"], "listen ms": round(listen_ms),
-                     "think and talk ms": round(lm_ms), "speak ms": round(speak_ms),
-                     "per group ms": round(total),
-                     "keeps up": "yes" if total < layout.group_duration_s * 1e3 else "no"})
+        out = {"gpu": row["gpu"], "decode": row["decode"], "think and talk ms": round(lm_ms),
+               "left for Mimi ms": max(0, round(budget - lm_ms))}  # fmt: skip
+        if mimi_ms is not None:
+            out["with Mimi as measured, ms"] = round(lm_ms + mimi_ms)
+            out["keeps up"] = "yes" if lm_ms + mimi_ms < budget else "no"
+        rows.append(out)
     return rows

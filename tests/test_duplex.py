@@ -168,3 +168,13 @@ def test_a_duplex_run_is_evaluated_with_the_user_silent(duplex_run):
     metrics = {(r["suite"], r["metric"]) for r in result.rows}
     assert ("loss", "loss_user") in metrics and ("loss", "loss_semantic") in metrics
     assert any(s == "sanity" for s, _ in metrics) and any(s == "demo" for s, _ in metrics)
+
+
+def test_the_latency_plan_leaves_mimi_what_the_lm_does_not_take(dtok):
+    rows = {(r["gpu"], r["decode"]): r for r in duplex.latency_plan(dtok.layout, mimi_ms=50.0)}
+    h100, a100 = rows["H100 80GB SXM", "compiled"], rows["A100 80GB", "compiled"]
+    assert 0 < a100["left for Mimi ms"] < h100["left for Mimi ms"] < 400
+    assert h100["with Mimi as measured, ms"] == h100["think and talk ms"] + 50
+    assert h100["keeps up"] == "yes" and rows["A100 80GB", "eager"]["keeps up"] == "no"
+    assert rows["A100 80GB", "eager"]["left for Mimi ms"] == 0  # the LM alone overruns 400 ms
+    assert "keeps up" not in duplex.latency_plan(dtok.layout)[0]
