@@ -105,6 +105,25 @@ def cmd_scrape(args: argparse.Namespace) -> None:
     print(f"chunks: {out}   manifest: {scrape.manifest_path(out, shard)}")
 
 
+def cmd_diarize(args: argparse.Namespace) -> None:
+    """Who speaks when, for scraped videos without speaker turns (pyannote.audio; for the
+    duplex layout): turns into each chunks.json, resumable, --shard and torchrun ranks."""
+    from .manifest import parse_shard
+    from .speakers import Diarizer, run_diarize
+
+    cfg = _config(config.ScrapeConfig, args)
+    rank, world, local_rank = config.distributed_env()
+    device = f"cuda:{local_rank}" if config.pick_device() == "cuda" else config.pick_device()
+    chunks = args.chunks or cfg.data_dir / "chunks"
+    try:
+        diarizer = Diarizer(config.hf_token(), device)
+    except RuntimeError as err:
+        raise SystemExit(str(err)) from err
+    summary = run_diarize(chunks, diarizer, parse_shard(args.shard), (rank, world),
+                          progress=rank == 0)  # fmt: skip
+    print(summary)
+
+
 def cmd_tokenize(args: argparse.Namespace) -> None:
     """Stage 03: Mimi codes + word timestamps -> interleaved token files."""
     from .manifest import parse_shard
@@ -120,7 +139,7 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     shard = parse_shard(args.shard)
     device = f"cuda:{local_rank}" if config.pick_device() == "cuda" else config.pick_device()
     chunks = args.chunks or cfg.data_dir / "chunks"
-    out = args.out or cfg.data_dir / "tokens"
+    out = args.out or cfg.data_dir / ("tokens_duplex" if cfg.user_codebooks else "tokens")
     summary = run_tokenize(cfg, models, chunks, out, shard=shard, rank=(rank, world),
                            device=device, progress=rank == 0)  # fmt: skip
     print(f"[shard {shard[0]}/{shard[1]}, rank {rank}/{world} on {device}]\n{summary}")
@@ -154,22 +173,32 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_chat(args: argparse.Namespace) -> None:
     """Stage 06: answer an audio file with the trained model (speech in, speech out)."""
+    import json
+
     from .align import Aligner
     from .chat import ChatSession, decode_user_audio, wav_bytes
     from .codec import Codec
+    from .duplex import not_duplex_message
     from .generate import Sampling
     from .train import load_run, run_models
 
     cfg = config.ChatConfig.from_profile(args.profile, **_data_dir(args))
     device = config.pick_device()
+    try:  # which layout, before loading 7B
+        spec = json.loads((Path(args.run) / "run.json").read_text())["layout"]
+    except (OSError, KeyError, ValueError) as err:
+        raise SystemExit(f"{args.run} is not a training run (no run.json): {err}") from err
+    duplex = bool(spec.get("user_codebooks"))
+    if duplex and not args.duplex:
+        raise SystemExit(f"{args.run} was trained on the duplex layout (two speaker streams): "
+                         "talk to it with --duplex")  # fmt: skip
     window = args.attention_window or cfg.attention_window
+    if args.duplex and not duplex:
+        raise SystemExit(not_duplex_message(str(args.run)))
     model, tokenizer = load_run(args.run, _models(args), device, attention_window=window)
     models = run_models(args.run, _models(args))  # the codec the run's tokens were made with
     codec = Codec.load(models, tokenizer.layout.num_codebooks, device)
-    if args.duplex or tokenizer.layout.duplex:
-        if not args.duplex:
-            raise SystemExit(f"{args.run} was trained on the duplex layout (two speaker "
-                             "streams): talk to it with --duplex")  # fmt: skip
+    if args.duplex:
         return _chat_duplex(args, cfg, model, tokenizer, codec)
     if args.decode:
         decode = args.decode
@@ -316,10 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "$HF_TOKEN)")
     sc.set_defaults(func=cmd_scrape)
 
+    dz = sub.add_parser("diarize", help=cmd_diarize.__doc__)
+    dz.add_argument("--chunks", type=Path, help="chunk root (default data/chunks)")
+    dz.add_argument("--shard", help="i/n of the videos; under torchrun split again per rank")
+    dz.set_defaults(func=cmd_diarize)
+
     tk = sub.add_parser("tokenize", help=cmd_tokenize.__doc__, parents=[chosen])
     tk.add_argument("--chunks", type=Path, help="chunk root (default data/chunks)")
     tk.add_argument("--out", type=Path,
-                    help="token root (default data/tokens); one root holds one configuration")
+                    help="token root (default data/tokens, data/tokens_duplex with "
+                         "--user-codebooks); one root holds one configuration")
     tk.add_argument("--batch-size", type=int)
     tk.add_argument("--workers", type=int, help="threads decoding chunks (ffmpeg)")
     tk.add_argument("--num-codebooks", type=int)

@@ -254,6 +254,15 @@ def _anywidget_classes():
     return MicRecorder, StreamPlayer
 
 
+def temperature_sliders(sampling: Sampling):
+    """The text and audio temperature sliders of the chat widgets, at ``sampling``'s values."""
+    import ipywidgets as w
+
+    return tuple(w.FloatSlider(value=value, min=0, max=1.5, step=0.05, description=name)
+                 for name, value in (("text temp", sampling.text_temperature),
+                                     ("audio temp", sampling.audio_temperature)))  # fmt: skip
+
+
 class ChatWidget:
     """The chat UI over a `ChatSession`; ``.widget`` is the box to display. Callbacks call the
     session and never raise: problems become a message in ``status``."""
@@ -271,10 +280,7 @@ class ChatWidget:
                                    multiple=False, description="Upload audio")  # fmt: skip
         self.max_s = w.FloatSlider(value=max_s, min=0.8, max=30, step=0.4,
                                    description="reply (s)")  # fmt: skip
-        self.text_temperature = w.FloatSlider(value=sampling.text_temperature, min=0, max=1.5,
-                                              step=0.05, description="text temp")  # fmt: skip
-        self.audio_temperature = w.FloatSlider(value=sampling.audio_temperature, min=0, max=1.5,
-                                               step=0.05, description="audio temp")  # fmt: skip
+        self.text_temperature, self.audio_temperature = temperature_sliders(sampling)
         self.top_k = w.IntSlider(value=sampling.top_k, min=0, max=2048, description="top-k")
         self.seed = w.IntText(value=0, description="seed")
         self.respond_button = w.Button(description="Respond", button_style="primary",

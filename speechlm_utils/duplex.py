@@ -44,13 +44,16 @@ class NotDuplexError(ValueError):
     """A run (or tokenizer) of the mono layout where the duplex one is needed."""
 
 
+def not_duplex_message(what: str = "this run") -> str:
+    return (f"{what} uses the mono layout (one mixed stream): full duplex needs a model trained "
+            "on the duplex layout. Tokenize with --user-codebooks N (and speaker turns: a "
+            "transcript that labels speakers, or `python -m speechlm_utils diarize`), then "
+            "train on those tokens (notebook 08)")  # fmt: skip
+
+
 def check_duplex(tokenizer, what: str = "this run") -> None:
     if not tokenizer.layout.duplex:
-        raise NotDuplexError(
-            f"{what} uses the mono layout (one mixed stream): full duplex needs a model trained "
-            "on the duplex layout. Tokenize with --user-codebooks N (and speaker turns: a "
-            "transcript that labels speakers, or scrape --diarize), then train on those "
-            "tokens (notebook 08)")  # fmt: skip
+        raise NotDuplexError(not_duplex_message(what))
 
 
 @dataclass
@@ -89,6 +92,7 @@ class DuplexSession:
                              f"needs {lay.num_codebooks}")  # fmt: skip
         self.group_samples = lay.frames_per_group * codec.frame_samples  # 9600: 400 ms
         self._stack: ExitStack | None = None
+        self._groups = None
         self.steps: list[GroupStep] = []
 
     @property
@@ -103,9 +107,16 @@ class DuplexSession:
         groups' codes are what encoding the whole track gives. The decoder is warmed with the
         prompt's own assistant codes."""
         self.close()
-        lay = self.tokenizer.layout
         self._stack = ExitStack()
         self._stack.enter_context(self.codec.mimi.streaming(batch_size=1))
+        try:
+            self._begin(prompt_ids, user_wav)
+        except BaseException:
+            self.close()  # a bad prompt must not leave Mimi streaming
+            raise
+
+    def _begin(self, prompt_ids, user_wav) -> None:
+        lay = self.tokenizer.layout
         if prompt_ids is None:
             silence = self._encode(np.zeros(self.group_samples, np.float32))  # [K, F]
             prompt = self.tokenizer.encode(silence[: lay.num_codebooks], [],
@@ -116,6 +127,10 @@ class DuplexSession:
                 raise ValueError("the prompt must be whole groups")
             if user_wav is not None:
                 wav = np.asarray(user_wav, np.float32)
+                if math.ceil(wav.size / self.group_samples) != prompt.size // lay.group_len:
+                    raise ValueError(f"user_wav covers {wav.size / self.group_samples:.2f} "
+                                     f"groups, the prompt {prompt.size // lay.group_len}: give "
+                                     "the user's audio under the prompt exactly")  # fmt: skip
                 n = math.ceil(wav.size / self.group_samples) * self.group_samples
                 padded = np.zeros(n, np.float32)
                 padded[: wav.size] = wav
@@ -154,7 +169,12 @@ class DuplexSession:
         heard = self._encode(wav)[: lay.user_codebooks]
         t1 = time.perf_counter()
         self._inbox.append(heard)
-        group = next(self._groups)
+        try:
+            group = next(self._groups)
+        except StopIteration:  # the generator ended on an earlier error
+            self.close()
+            raise RuntimeError("this duplex session ended after an error: start it again") \
+                from None  # fmt: skip
         t2 = time.perf_counter()
         ids = np.asarray(group["ids"], dtype=np.int64)
         _, codes, _ = self.tokenizer.decode_streams(ids)
@@ -170,10 +190,22 @@ class DuplexSession:
 
     def close(self) -> None:
         """End the conversation and Mimi's streaming state (the session can `start` again)."""
-        if self._stack is not None:
+        if self._groups is not None:
             self._groups.close()
+            self._groups = None
+        if self._stack is not None:
             self._stack.close()
             self._stack = None
+
+    def warm_up(self, groups: int = 2) -> None:
+        """A few silent groups, then a fresh start: a compiled decode step compiles (and CUDA
+        graphs are captured) here, not inside a live conversation's first group."""
+        self.start()
+        try:
+            for _ in range(groups):
+                self.step(np.zeros(self.group_samples, np.float32))
+        finally:
+            self.close()
 
     def __enter__(self) -> DuplexSession:
         return self
@@ -189,14 +221,16 @@ class DuplexResult:
     user: np.ndarray  # [T] the input, padded to whole groups, 24 kHz
     assistant: np.ndarray  # [T] the reply, aligned with the input
     steps: list[GroupStep]
-    start_s: float  # conversation time of the first step (the prompt before it)
+    start_s: float  # stream time of the first step (the prompt, or the silent opening, first)
     group_s: float = 0.4
     lags_s: list[float] = field(default_factory=list)  # real time: ready after the group ended
+    text_lead_s: float = 2.0  # the layout's: a word's text comes this long before its sound
 
     def text_timeline(self) -> list[tuple[float, str]]:
-        """(conversation time of the group, words the assistant wrote there) for each group
-        with words. Text runs ahead of its sound (the layout's text lead)."""
-        return [(round(self.start_s + i * self.group_s, 2), s.text.strip())
+        """(time into the recording of the group, words the assistant wrote in its text
+        slots) for each group with words: the same clock as `user` and `assistant` (sample 0 =
+        0 s). The words are meant to sound about `text_lead_s` later."""
+        return [(round(i * self.group_s, 2), s.text.strip())
                 for i, s in enumerate(self.steps) if s.text.strip()]  # fmt: skip
 
     def timing(self) -> dict:
@@ -220,6 +254,8 @@ def run_file(session: DuplexSession, wav24: np.ndarray, realtime: bool = False,
     each reply group is after its input ended); otherwise as fast as the model goes."""
     from tqdm.auto import tqdm
 
+    if realtime:
+        session.warm_up()  # compiling must not eat the first groups' real time
     session.start(prompt_ids, prompt_user_wav)
     n = session.group_samples
     wav = np.asarray(wav24, np.float32).reshape(-1)
@@ -242,7 +278,7 @@ def run_file(session: DuplexSession, wav24: np.ndarray, realtime: bool = False,
     prompt_groups = session.prompt_ids.size // session.tokenizer.layout.group_len
     return DuplexResult(user, np.concatenate(out), list(session.steps),
                         prompt_groups * session.group_duration_s, session.group_duration_s,
-                        lags)  # fmt: skip
+                        lags, session.tokenizer.text_lead_s)  # fmt: skip
 
 
 def write_outputs(result: DuplexResult, out_wav: str | Path) -> tuple[Path, Path]:
@@ -256,8 +292,9 @@ def write_outputs(result: DuplexResult, out_wav: str | Path) -> tuple[Path, Path
     sf.write(tmp, np.clip(stereo, -1, 1), MIMI_SAMPLE_RATE_HZ, format="WAV", subtype="PCM_16")
     tmp.replace(out_wav)
     text = out_wav.with_suffix(".txt")
-    lines = ["# the assistant's text channel: conversation time (s) of the 400 ms group whose "
-             "text slots hold the words (text runs ahead of its sound)"]  # fmt: skip
+    lines = [f"# the assistant's text channel: time (s) in {out_wav.name} of the 400 ms group "
+             "whose text slots hold the words; text runs ahead of its sound, so they are "
+             f"spoken about {result.text_lead_s:g} s later"]  # fmt: skip
     lines += [f"{t:8.2f}  {words}" for t, words in result.text_timeline()]
     tmp = text.with_name(f".{text.name}.tmp")
     tmp.write_text("\n".join(lines) + "\n")
@@ -279,6 +316,7 @@ def memorised_check(session: DuplexSession, ids, user_wav: np.ndarray, prompt_s:
     g = int(round(continue_s / lay.group_duration_s))
     ids = np.asarray(ids, dtype=np.int64)[: (p + g) * lay.group_len]
     g = ids.size // lay.group_len - p
+    session.warm_up()  # a compiled step compiles here, not in the first timed group
     sampling, session.sampling = session.sampling, Sampling.greedy()
     try:
         result = run_file(session, user_wav[p * n : (p + g) * n],
@@ -344,6 +382,7 @@ function render({ model, el }) {
   info.style.marginLeft = "8px";
   info.textContent = "live: off";
   let ctx = null, stream = null, node = null, buffer = [], filled = 0, seq = 0, next = 0;
+  let dropped = 0;
   const sent = new Map(), latencies = [];
   // browsers that will not connect a microphone to a 24 kHz context (Firefox) get one at the
   // device's rate, and its blocks are resampled here (linear: enough for speech to Mimi)
@@ -382,6 +421,10 @@ function render({ model, el }) {
         if (take === head.length) buffer.shift(); else buffer[0] = head.subarray(take);
       }
       filled -= piece;
+      if (sent.size >= model.get("max_in_flight")) {  // the kernel is behind: drop, don't queue
+        dropped++;
+        continue;
+      }
       sent.set(seq, performance.now());
       model.send({ kind: "pcm", pcm: b64(out), seq: seq++ });
     }
@@ -417,8 +460,9 @@ function render({ model, el }) {
       }
       source.connect(node);
       node.connect(ctx.destination);  // keeps the graph pulling (the tap outputs silence)
-      buffer = []; filled = 0; next = 0; sent.clear(); latencies.length = 0;
+      buffer = []; filled = 0; next = 0; sent.clear(); latencies.length = 0; dropped = 0;
       model.set("groups_back", 0);
+      model.set("dropped", 0);
       model.set("mean_latency_ms", 0);
       model.save_changes();
       model.send({ kind: "start" });
@@ -435,12 +479,14 @@ function render({ model, el }) {
     const samples = new Float32Array(raw.buffer);
     const audio = ctx.createBuffer(1, samples.length, rate);
     audio.copyToChannel(samples, 0);
-    const src = ctx.createBufferSource();
-    src.buffer = audio;
-    src.connect(ctx.destination);
-    next = Math.max(next, ctx.currentTime + 0.05);
-    src.start(next);
-    next += audio.duration;
+    if (next - ctx.currentTime < 3 * audio.duration) {  // a late reply is not queued forever
+      const src = ctx.createBufferSource();
+      src.buffer = audio;
+      src.connect(ctx.destination);
+      next = Math.max(next, ctx.currentTime + 0.05);
+      src.start(next);
+      next += audio.duration;
+    }
     const t = sent.get(msg.seq);
     if (t !== undefined) {
       latencies.push(performance.now() - t);
@@ -451,8 +497,10 @@ function render({ model, el }) {
     const last = latencies.at(-1).toFixed(0);
     info.textContent = `${stream ? "live" : "stopped"}: ${latencies.length} groups back, ` +
       `latency ${last} ms (mean ${mean.toFixed(0)} ms; ` +
-      `the model's part ${msg.compute_ms.toFixed(0)} ms)`;
+      `the model's part ${msg.compute_ms.toFixed(0)} ms)` +
+      (dropped ? `; ${dropped} pieces dropped: the model fell behind` : "");
     model.set("groups_back", latencies.length);
+    model.set("dropped", dropped);
     model.set("mean_latency_ms", mean);
     model.save_changes();
   });
@@ -462,6 +510,9 @@ export default { render };
 """
 
 
+MAX_IN_FLIGHT = 3  # live pieces sent but not answered yet; a newer one is dropped, not queued
+
+
 def _live_widget_class():
     import anywidget
     import traitlets
@@ -469,15 +520,24 @@ def _live_widget_class():
     class LiveDuplex(anywidget.AnyWidget):
         """The microphone in 400 ms pieces to the kernel, the reply's pieces back to the
         speakers; ``groups_back`` and ``mean_latency_ms`` are what the browser measured (from
-        sending a piece to hearing its reply group)."""
+        sending a piece to receiving its reply group; what you hear lags by that, plus the
+        400 ms the piece took to record, plus the playback queue). At most `MAX_IN_FLIGHT`
+        pieces wait for their replies: when the kernel falls behind, the browser drops the
+        newest pieces instead of queueing them (``dropped`` counts them), so the lag stays
+        bounded."""
 
         _esm = _LIVE_JS
         rate = traitlets.Int(MIMI_SAMPLE_RATE_HZ).tag(sync=True)
         piece_samples = traitlets.Int(9600).tag(sync=True)
         groups_back = traitlets.Int(0).tag(sync=True)
+        dropped = traitlets.Int(0).tag(sync=True)
+        max_in_flight = traitlets.Int(MAX_IN_FLIGHT).tag(sync=True)
         mean_latency_ms = traitlets.Float(0.0).tag(sync=True)
 
     return LiveDuplex
+
+
+LIVE_STEPS_KEPT = 150  # the last minute of a live session, for its timing figures
 
 
 class DuplexWidget:
@@ -495,16 +555,17 @@ class DuplexWidget:
         self.upload = w.FileUpload(accept="audio/*,.wav,.mp3,.m4a,.webm,.ogg,.opus,.flac",
                                    multiple=False, description="Play a file")  # fmt: skip
         self.upload.observe(self._on_upload, names="value")
-        self.text_temperature = w.FloatSlider(value=session.sampling.text_temperature, min=0,
-                                              max=1.5, step=0.05, description="text temp")
-        self.audio_temperature = w.FloatSlider(value=session.sampling.audio_temperature, min=0,
-                                               max=1.5, step=0.05, description="audio temp")
+        from .chat import temperature_sliders
+
+        self.text_temperature, self.audio_temperature = temperature_sliders(session.sampling)
         self.status = w.HTML()
         self.timing = w.HTML()
         self.result = w.Output()
         self.transcript = w.HTML()
         self._pending = np.zeros(0, np.float32)
         self._live_on = False  # between a start and a stop: pieces after a stop are dropped
+        self._heard, self._words = 0, ""  # groups of this live run, the model's latest words
+        session.warm_up()  # a compiled decode step compiles now, not in the first live group
         self._say("Press <b>Start live</b> and talk, or play a file into the model.")
         self.widget = w.VBox([
             w.HTML("<b>Full duplex: the model listens while it talks</b>"),
@@ -526,6 +587,7 @@ class DuplexWidget:
                 self.session.sampling = self._sampling()
                 self.session.start()
                 self._pending = np.zeros(0, np.float32)
+                self._heard, self._words = 0, ""
                 self._live_on = True
                 self._say("Live: listening.")
             elif kind == "stop":
@@ -534,7 +596,7 @@ class DuplexWidget:
                 heard = self.live.groups_back  # synced before the stop (one comm, in order)
                 back = (f"; the browser got {heard} back, {self.live.mean_latency_ms:.0f} ms "
                         "after sending each piece on average" if heard else "")
-                self._say(f"Live stopped after {len(self.session.steps)} groups{back}.")
+                self._say(f"Live stopped after {self._heard} groups{back}.")
             elif kind == "pcm" and self._live_on:
                 self.hear(np.frombuffer(base64.b64decode(content["pcm"]), np.float32),
                           content.get("seq"))  # fmt: skip
@@ -550,18 +612,20 @@ class DuplexWidget:
         while self._pending.size >= n:
             piece, self._pending = self._pending[:n], self._pending[n:]
             step = self.session.step(piece)
+            del self.session.steps[:-LIVE_STEPS_KEPT]  # an hour live would keep 360 MB
+            self._heard += 1
+            self._words = (self._words + " " + step.text.strip())[-400:] if step.text.strip() \
+                else self._words  # fmt: skip
             rms = float(np.sqrt(np.mean(np.square(piece, dtype=np.float64))))
             level = 20 * math.log10(max(rms, 1e-10))
-            self._say(f"Live: {len(self.session.steps)} groups heard, the last at "
-                      f"{level:.0f} dBFS.")
+            self._say(f"Live: {self._heard} groups heard, the last at {level:.0f} dBFS.")
             steps.append(step)
             pcm = base64.b64encode(np.asarray(step.audio, np.float32).tobytes()).decode()
             self.live.send({"kind": "pcm", "pcm": pcm, "group": step.group, "seq": seq,
                             "compute_ms": step.compute_s * 1e3})  # fmt: skip
         if steps:
             self._show_timing(self.session.steps)
-            words = " ".join(s.text.strip() for s in self.session.steps if s.text.strip())
-            self.transcript.value = f"<p><b>model</b>: <i>{escape(words[-400:])}</i></p>"
+            self.transcript.value = f"<p><b>model</b>: <i>{escape(self._words.strip())}</i></p>"
         return steps
 
     # -- a file --
@@ -692,14 +756,16 @@ def train_config(layout, profile: str | None = None, **overrides) -> TrainConfig
     return cfg.replace(**{**fields, **overrides})
 
 
-def user_track(chunks_root: str | Path, record: dict) -> np.ndarray:
+def user_track(chunks_root: str | Path, record: dict, overlap: str = "both") -> np.ndarray:
     """The user's track under a duplex piece (24 kHz): its chunk's audio cut by the piece's
-    turns, everyone but its assistant (what stage 03 encoded for the user's positions)."""
+    turns, everyone but its assistant (what stage 03 encoded for the user's positions, with
+    the token root's ``overlap`` policy)."""
     from .preprocess import piece_audio, turns_of
     from .speakers import split_tracks
 
     mix = piece_audio(chunks_root, record)
-    return split_tracks(mix, MIMI_SAMPLE_RATE_HZ, turns_of(record), record["role"])[1]
+    return split_tracks(mix, MIMI_SAMPLE_RATE_HZ, turns_of(record), record["role"],
+                        overlap)[1]  # fmt: skip
 
 
 def layout_table(text_vocab_size: int = 32000, num_codebooks: int = 4,
@@ -745,3 +811,17 @@ def latency_plan(layout, mimi_ms: float | None = None,
             out["keeps up"] = "yes" if lm_ms + mimi_ms < budget else "no"
         rows.append(out)
     return rows
+
+
+def video_with_turns(items: list[dict]) -> tuple[list[dict], list]:
+    """The first video among chunk items (`preprocess.list_chunk_items`) whose chunks carry
+    speaker turns: its items and its turns on its timeline; a clear error when none does."""
+    from .preprocess import video_turns
+
+    for video in dict.fromkeys(it["video_id"] for it in items):
+        mine = [it for it in items if it["video_id"] == video]
+        turns = video_turns(mine)
+        if turns:
+            return mine, turns
+    raise ValueError("no scraped video has speaker turns: run `python -m speechlm_utils "
+                     "diarize` (pyannote), or scrape media whose transcript labels speakers")

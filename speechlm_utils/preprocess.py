@@ -666,8 +666,9 @@ def speaker_roles(video: dict, cfg: TokenizeConfig) -> str | None:
     the reason it cannot be tokenized in the duplex layout, or None."""
     turns = video_turns(video["chunks"])
     if not turns:
-        return ("no speaker turns (the duplex layout needs who speaks when): scrape with a "
-                "transcript that labels speakers, or with --diarize")  # fmt: skip
+        return ("no speaker turns (the duplex layout needs who speaks when): give them with "
+                "`python -m speechlm_utils diarize` (pyannote), or scrape with a transcript "
+                "that labels speakers; the video is tried again on the next run")  # fmt: skip
     try:
         video["roles"] = pick_assistants(turns, cfg.assistant)
     except ValueError as err:
@@ -764,11 +765,10 @@ def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | P
                                  cfg.frames_per_group) as encoder:  # fmt: skip
         run = _Run(cfg, tokenizer, digest, tokens_root, writer, codec, aligner, summary, bar,
                    pool)  # fmt: skip
-        for video in [v for v in todo if v["video_id"] in unusable]:
+        for video in [v for v in todo if v["video_id"] in unusable]:  # not done: turns may come
             for chunk in video["chunks"]:
                 run.record_problem({**chunk, "status": "skipped",
                                     "reason": unusable[video["video_id"]]})
-            run.finish_video(_Lane(video=video))
         lanes = [_Lane() for _ in range(lanes_n)]
         try:
             while True:

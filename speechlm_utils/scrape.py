@@ -308,14 +308,19 @@ def _download_and_cut(entry, final: Path, tmp: Path, cfg, speech, diarizer=None)
         raise ScrapeError(f"truncated: {got_s:.1f} s of {info['duration_s']:.1f} s readable")
     text = _attach_timed_text(entry["url"], tmp / "dl", tmp / "chunks", chunks, got_s, cfg)
     speaker_source = "sidecar" if any("turns" in c for c in chunks) else None
+    speaker_error = None
     if diarizer is not None and speaker_source is None:  # true labels win over a model's
         from .speakers import split_turns_by_chunks
 
-        turns = diarizer.turns(load_audio(src, WHISPER_SAMPLE_RATE_HZ))
-        starts = [c["start_s"] for c in chunks]
-        for chunk, part in zip(chunks, split_turns_by_chunks(turns, starts, got_s)):
-            chunk["turns"] = [[t.speaker, t.start_s, t.end_s] for t in part]
-        speaker_source = "diarization"
+        try:  # decoded at 16 kHz only once the pipeline is free (one episode in memory)
+            turns = diarizer.turns(src)
+        except Exception as err:  # the video keeps its chunks; `diarize` can try again
+            speaker_error = f"{type(err).__name__}: {_short(str(err))}"
+        else:
+            starts = [c["start_s"] for c in chunks]
+            for chunk, part in zip(chunks, split_turns_by_chunks(turns, starts, got_s)):
+                chunk["turns"] = [[t.speaker, t.start_s, t.end_s] for t in part]
+            speaker_source = "diarization"
     src.unlink()  # the download is not kept
     dropped = []
     if speech is not None:
@@ -333,6 +338,8 @@ def _download_and_cut(entry, final: Path, tmp: Path, cfg, speech, diarizer=None)
             "dropped_low_speech": len(dropped), "min_speech_ratio": cfg.min_speech_ratio,
             "text_source": text, "speaker_source": speaker_source, "chunks": chunks,
             "dropped": dropped}  # fmt: skip
+    if speaker_error:
+        meta["speaker_error"] = speaker_error
     write_json_atomic(tmp / "chunks" / "chunks.json", meta)
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():  # a crash after the rename but before the manifest line: redo it
@@ -467,6 +474,12 @@ def run_scrape(cfg: ScrapeConfig, entries: list[dict], out_root: str | Path,
     _clean_leftovers(out_root, todo)
     speech = SpeechFilter() if cfg.speech_filter else None
     diarizer = None
+    if cfg.diarize and len(todo) < len(entries):
+        import sys
+
+        print(f"--diarize: {len(entries) - len(todo)} videos were scraped before; their "
+              "downloads are gone: give them turns with `python -m speechlm_utils diarize`",
+              file=sys.stderr)  # fmt: skip
     if cfg.diarize and todo:
         from .config import hf_token
         from .speakers import Diarizer

@@ -32,7 +32,7 @@ SPEAKER_SOURCES = ("sidecar", "diarization")
 OVERLAP_POLICIES = ("both", "assistant", "user")
 MERGE_GAP_S = 1.0  # a speaker's words this close together make one turn
 FADE_S = 0.01  # at each turn edge of a track
-DIARIZATION_PIPELINE = "pyannote/speaker-diarization-3.1"
+DIARIZATION_PIPELINE = "pyannote/speaker-diarization-community-1"  # pyannote.audio 4
 
 
 @dataclass
@@ -102,26 +102,26 @@ def turns_from_vtt(text: str, gap_s: float = MERGE_GAP_S) -> list[Turn]:
 
 
 def load_diarization(token: str | None = None, device: str = "cpu"):
-    """pyannote.audio's pretrained diarization pipeline on ``device``. It needs ``pip install
-    pyannote.audio`` and a Hugging Face token that accepted the pipeline's terms; without them
-    this raises a message saying so (the ``sidecar`` source needs neither)."""
+    """pyannote.audio's pretrained diarization pipeline (`DIARIZATION_PIPELINE`) on
+    ``device``. It needs ``pip install -e '.[diarize]'`` (pyannote.audio 4) and a Hugging Face
+    token that accepted the pipeline's terms; without them this raises a message saying so and
+    why (the ``sidecar`` source needs neither)."""
     try:
         from pyannote.audio import Pipeline
     except ImportError as err:
-        raise RuntimeError("speaker diarization needs pyannote.audio: pip install "
-                           "pyannote.audio, or use the speaker labels a transcript carries "
+        raise RuntimeError("speaker diarization needs pyannote.audio: pip install -e "
+                           "'.[diarize]', or use the speaker labels a transcript carries "
                            "(the sidecar source: scrape without --diarize)") from err  # fmt: skip
     try:
-        try:
-            pipeline = Pipeline.from_pretrained(DIARIZATION_PIPELINE, token=token)
-        except TypeError:  # pyannote.audio 3.x names it use_auth_token
-            pipeline = Pipeline.from_pretrained(DIARIZATION_PIPELINE, use_auth_token=token)
-        if pipeline is None:  # 3.x returns None when the weights are gated
-            raise PermissionError("gated")
-    except Exception as err:  # gated weights: a missing or unaccepted token
-        raise RuntimeError(f"could not load {DIARIZATION_PIPELINE}: accept its terms on "
-                           "huggingface.co and pass a token (HF_TOKEN); or use the sidecar "
-                           "source (scrape without --diarize)") from err  # fmt: skip
+        pipeline = Pipeline.from_pretrained(DIARIZATION_PIPELINE, token=token)
+        if pipeline is None:  # gated weights without a token that accepted them
+            raise PermissionError("the hub refused the download")
+    except Exception as err:
+        raise RuntimeError(f"could not load {DIARIZATION_PIPELINE} ({type(err).__name__}: "
+                           f"{str(err)[:300]}): accept its terms on huggingface.co and set "
+                           "HF_TOKEN, check that pyannote.audio 4 is installed (pip install -e "
+                           "'.[diarize]'), or use the sidecar source (scrape without "
+                           "--diarize)") from err  # fmt: skip
     import torch
 
     return pipeline.to(torch.device(device)) or pipeline
@@ -130,20 +130,22 @@ def load_diarization(token: str | None = None, device: str = "cpu"):
 def diarize(wav16: np.ndarray, token: str | None = None, pipeline=None,
             device: str = "cpu") -> list[Turn]:  # fmt: skip
     """Turns found by a diarization ``pipeline`` (default: `load_diarization`'s) on 16 kHz
-    mono audio ``[T]``."""
+    mono audio ``[T]``. Overlapping speech stays overlapping (the tracks' overlap policy
+    decides what to do with it)."""
     import torch
 
     pipeline = pipeline or load_diarization(token, device)
     result = pipeline({"waveform": torch.from_numpy(np.asarray(wav16, np.float32))[None],
                        "sample_rate": 16_000})  # fmt: skip
-    annotation = getattr(result, "speaker_diarization", result)
+    annotation = getattr(result, "speaker_diarization", result)  # pyannote 4: an output object
     return merge_turns(Turn(str(label), float(seg.start), float(seg.end))
                        for seg, _, label in annotation.itertracks(yield_label=True))
 
 
 class Diarizer:
-    """One diarization pipeline for a whole scrape run, shared by its threads (one video at a
-    time: the pipeline is not thread-safe, and a GPU holds one copy)."""
+    """One diarization pipeline for a whole run, shared by its threads: one recording at a
+    time, decoded only once its turn comes (a 3 h episode is 0.7 GB at 16 kHz; the pipeline is
+    not thread-safe, and a GPU holds one copy)."""
 
     def __init__(self, token: str | None = None, device: str | None = None, pipeline=None):
         import threading
@@ -153,9 +155,16 @@ class Diarizer:
         self.pipeline = pipeline or load_diarization(token, device or pick_device())
         self._lock = threading.Lock()
 
-    def turns(self, wav16: np.ndarray) -> list[Turn]:
+    def turns(self, audio) -> list[Turn]:
+        """Turns of ``audio``: a media file's path, or a callable giving 16 kHz samples."""
+        from .audio import WHISPER_SAMPLE_RATE_HZ, load_audio
+
         with self._lock:
-            return diarize(wav16, pipeline=self.pipeline)
+            wav16 = audio() if callable(audio) else load_audio(audio, WHISPER_SAMPLE_RATE_HZ)
+            try:
+                return diarize(wav16, pipeline=self.pipeline)
+            finally:
+                del wav16
 
 
 def speaking_time(turns: list[Turn]) -> dict[str, float]:
@@ -297,3 +306,77 @@ def to_json(turns: list[Turn], source: str) -> dict:
 def from_json(data: dict) -> list[Turn]:
     return [Turn(str(t["speaker"]), float(t["start_s"]), float(t["end_s"]))
             for t in data.get("turns", [])]  # fmt: skip
+
+
+@dataclass
+class DiarizeSummary:
+    videos: int = 0  # in this shard
+    diarized: int = 0
+    had_turns: int = 0  # a transcript's labels, or diarized before
+    failed: dict | None = None  # video id -> reason
+
+    def __str__(self) -> str:
+        lines = [f"videos: {self.diarized} diarized, {self.had_turns} had speaker turns "
+                 f"already, {len(self.failed or {})} failed, of {self.videos}"]  # fmt: skip
+        lines += [f"  failed: {vid}: {why}" for vid, why in list((self.failed or {}).items())[:5]]
+        return "\n".join(lines)
+
+
+def video_audio16(listing: dict) -> np.ndarray:
+    """A scraped video rebuilt at 16 kHz from its chunks, each at its real start (a dropped
+    chunk's span is silence), for diarizing a video after it was scraped."""
+    from .audio import WHISPER_SAMPLE_RATE_HZ, load_audio
+
+    rate = WHISPER_SAMPLE_RATE_HZ
+    chunks = sorted(listing["chunks"], key=lambda c: c["start_s"])
+    end = max((c["end_s"] for c in chunks), default=0.0)
+    wav = np.zeros(int(round(end * rate)) + rate, np.float32)
+    for c in chunks:
+        piece = load_audio(Path(listing["folder"]) / c["file"], rate)
+        a = int(round(c["start_s"] * rate))
+        wav[a : a + piece.size] = piece[: wav.size - a]
+    return wav
+
+
+def run_diarize(chunks_root: str | Path, diarizer: Diarizer | None = None,
+                shard: tuple[int, int] = (0, 1), rank: tuple[int, int] = (0, 1),
+                progress: bool = True) -> DiarizeSummary:  # fmt: skip
+    """Give the scraped videos under ``chunks_root`` that have no speaker turns yet pyannote's
+    (`diarize`), split at their chunks' real starts into each chunk's ``turns`` of
+    ``chunks.json`` (rewritten atomically, ``speaker_source`` diarization): for videos scraped
+    before ``--diarize`` was asked for (the download is gone, so the chunks are joined again).
+    Resumable (a video with turns is skipped), one video at a time; a video that fails keeps
+    no turns and ``speaker_error`` says why (retried on the next run). ``shard``/``rank``
+    split the videos like the other stages."""
+    from tqdm.auto import tqdm
+
+    from .manifest import in_shard, write_json_atomic
+    from .scrape import read_chunk_listings
+
+    listings = [x for x in read_chunk_listings(chunks_root) if in_shard(str(x["id"]), shard, rank)]
+    summary = DiarizeSummary(videos=len(listings), failed={})
+    todo = [x for x in listings if not any(c.get("turns") for c in x["chunks"])]
+    summary.had_turns = len(listings) - len(todo)
+    if not todo:
+        return summary
+    if diarizer is None:
+        from .config import hf_token
+
+        diarizer = Diarizer(hf_token())
+    for listing in tqdm(todo, desc="diarize", unit="video", disable=not progress):
+        meta = {k: v for k, v in listing.items() if k != "folder"}
+        try:
+            turns = diarizer.turns(lambda listing=listing: video_audio16(listing))
+        except Exception as err:  # a video fails alone (a corrupt chunk, out of memory)
+            meta["speaker_error"] = f"{type(err).__name__}: {str(err)[:300]}"
+            summary.failed[str(listing["id"])] = meta["speaker_error"]
+        else:
+            starts = [c["start_s"] for c in meta["chunks"]]
+            end = max(c["end_s"] for c in meta["chunks"])
+            for chunk, part in zip(meta["chunks"], split_turns_by_chunks(turns, starts, end)):
+                chunk["turns"] = [[t.speaker, t.start_s, t.end_s] for t in part]
+            meta["speaker_source"] = "diarization"
+            meta.pop("speaker_error", None)
+            summary.diarized += 1
+        write_json_atomic(Path(listing["folder"]) / "chunks.json", meta)
+    return summary

@@ -83,6 +83,10 @@ def test_outputs_are_a_stereo_wav_and_the_text_channel_with_times(dlm, dtok, cod
     assert lines[0].startswith("#") and len(lines) - 1 == len(result.text_timeline())
     for line, (t, words) in zip(lines[1:], result.text_timeline()):
         assert float(line.split()[0]) == t and line.endswith(words)
+        i = round(t / 0.4)  # the time is the wav's own: group i is samples i*9600 onwards
+        assert result.steps[i].text.strip() == words
+        right = stereo[i * GROUP : (i + 1) * GROUP, 1]
+        assert np.abs(right - np.clip(result.steps[i].audio, -1, 1)).max() < 1e-3
     timeline_steps = [s for s in result.steps if s.text.strip()]
     lay = dtok.layout
     for s in timeline_steps:  # the words of a group are its text slots' pieces
@@ -115,6 +119,15 @@ def test_the_widget_streams_each_whole_group_back_and_explains_bad_files(dlm, dt
     result = ui.play_file("you.wav", wav_bytes(voice[: 2 * GROUP]))
     assert result is not None and len(result.steps) == 2 and ui.result.outputs
     assert "text channel" in ui.transcript.value
+
+
+def test_a_prompt_and_its_audio_must_agree_and_a_bad_start_frees_mimi(dlm, dtok, codec, voice):
+    session = duplex.DuplexSession(dlm, dtok, codec, decode="eager")
+    prompt = dtok.encode(np.zeros((4, 10), np.int64), [], user_codes=np.zeros((2, 10))).ids
+    with pytest.raises(ValueError, match="covers 3.00 groups, the prompt 2"):
+        session.start(prompt, voice[: 3 * GROUP])
+    assert session._stack is None
+    codec.encode_stream(voice[:GROUP], 5)  # Mimi is not left streaming
 
 
 def test_a_mono_model_is_refused_with_what_to_do(dlm, text_tokenizer, codec):

@@ -102,7 +102,7 @@ def test_diarization_without_pyannote_says_what_to_do(monkeypatch):
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_pyannote)
-    with pytest.raises(RuntimeError, match="pip install pyannote.audio.*sidecar"):
+    with pytest.raises(RuntimeError, match=r"pip install -e '\.\[diarize\]'.*sidecar"):
         speakers.diarize(np.zeros(16_000, np.float32))
 
 
@@ -165,3 +165,54 @@ def test_scrape_diarizes_a_video_whose_media_comes_without_labels(tmp_path, monk
         ("SPEAKER_00", 0.0, 25.0), ("SPEAKER_01", 26.0, 50.0)]
     assert [r["speaker_source"] for r in read_jsonl(scrape.manifest_path(tmp_path / "chunks"))] == [
         "diarization"]
+
+
+def test_diarize_gives_videos_scraped_without_labels_their_turns(tmp_path):
+    """`diarize` after the fact: a video scraped without turns is rebuilt from its chunks at
+    16 kHz, diarized, and its chunks.json gets turns split at the real starts; a second run
+    skips it; a failing video keeps no turns, says why, and is tried again."""
+    import json
+    import shutil
+
+    from speechlm_utils import scrape
+    from speechlm_utils.config import ScrapeConfig
+    from speechlm_utils.local_server import serve_directory
+
+    served = tmp_path / "served"
+    served.mkdir()
+    for name in ("demo_ep_001.webm", "demo_ep_003.webm"):
+        shutil.copy(DEMO_DIR / name, served)
+    with serve_directory(served) as base:
+        entries = [{"id": f"ep{n}", "url": f"{base}/demo_ep_00{n}.webm", "duration_s": 60}
+                   for n in (1, 3)]  # fmt: skip
+        cfg = ScrapeConfig.from_profile("tiny", chunk_s=20.0, sidecar=False)
+        assert scrape.run_scrape(cfg, entries, tmp_path / "chunks", progress=False).ok == 2
+    heard = []
+
+    class Annotation:
+        def itertracks(self, yield_label=False):
+            yield type("S", (), {"start": 1.0, "end": 30.0})(), "t", "A"
+            yield type("S", (), {"start": 31.0, "end": 45.0})(), "t", "B"
+
+    def pipeline(audio):
+        seconds = audio["waveform"].shape[-1] / audio["sample_rate"]
+        heard.append(seconds)
+        if len(heard) == 2:
+            raise RuntimeError("CUDA out of memory")
+        return Annotation()
+
+    diarizer = speakers.Diarizer(pipeline=pipeline)
+    summary = speakers.run_diarize(tmp_path / "chunks", diarizer, progress=False)
+    assert (summary.diarized, summary.had_turns, len(summary.failed)) == (1, 0, 1)
+    assert 59 < heard[0] < 62  # the whole video, joined from its chunks
+    listings = {x["id"]: x for x in scrape.read_chunk_listings(tmp_path / "chunks")}
+    done, failed = listings["ep1"], listings["ep3"]  # in folder order: the second one failed
+    assert done["speaker_source"] == "diarization" and "speaker_error" not in done
+    stored = [speakers.Turn(s, a + c["start_s"], b + c["start_s"])
+              for c in done["chunks"] for s, a, b in c["turns"]]  # fmt: skip
+    assert [(t.speaker, t.start_s, round(t.end_s, 2)) for t in speakers.merge_turns(stored)] == [
+        ("A", 1.0, 30.0), ("B", 31.0, 45.0)]
+    assert "CUDA out of memory" in failed["speaker_error"] and not failed.get("speaker_source")
+    assert "folder" not in json.loads((done["folder"] / "chunks.json").read_text())
+    again = speakers.run_diarize(tmp_path / "chunks", diarizer, progress=False)
+    assert (again.diarized, again.had_turns) == (1, 1) and len(heard) == 3  # only the failed one
