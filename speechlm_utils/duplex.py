@@ -226,6 +226,11 @@ class DuplexResult:
     lags_s: list[float] = field(default_factory=list)  # real time: ready after the group ended
     text_lead_s: float = 2.0  # the layout's: a word's text comes this long before its sound
 
+    @property
+    def stereo(self) -> np.ndarray:
+        """``[T, 2]``: the user left, the assistant right, on the same clock."""
+        return np.stack([self.user, self.assistant[: self.user.size]], axis=1)
+
     def text_timeline(self) -> list[tuple[float, str]]:
         """(time into the recording of the group, words the assistant wrote in its text
         slots) for each group with words: the same clock as `user` and `assistant` (sample 0 =
@@ -287,9 +292,9 @@ def write_outputs(result: DuplexResult, out_wav: str | Path) -> tuple[Path, Path
     import soundfile as sf
 
     out_wav = Path(out_wav)
-    stereo = np.stack([result.user, result.assistant[: result.user.size]], axis=1)
     tmp = out_wav.with_name(f".{out_wav.name}.tmp")
-    sf.write(tmp, np.clip(stereo, -1, 1), MIMI_SAMPLE_RATE_HZ, format="WAV", subtype="PCM_16")
+    sf.write(tmp, np.clip(result.stereo, -1, 1), MIMI_SAMPLE_RATE_HZ, format="WAV",
+             subtype="PCM_16")
     tmp.replace(out_wav)
     text = out_wav.with_suffix(".txt")
     lines = [f"# the assistant's text channel: time (s) in {out_wav.name} of the 400 ms group "
@@ -328,12 +333,12 @@ def memorised_check(session: DuplexSession, ids, user_wav: np.ndarray, prompt_s:
     got = np.concatenate([s.ids for s in result.steps])
     _, _, stored_user = session.tokenizer.decode_streams(truth)
     F = lay.frames_per_group
-    stored = np.concatenate([g["ids"] for g in duplex_tokens(
-        session.model, lay, ids[: p * lay.group_len],
-        (stored_user[:, i * F : (i + 1) * F] for i in range(g)), Sampling.greedy(),
+    heard = (stored_user[:, i * F : (i + 1) * F] for i in range(g))
+    stored = np.concatenate([out["ids"] for out in duplex_tokens(
+        session.model, lay, ids[: p * lay.group_len], heard, Sampling.greedy(),
         decode=session.decode)])  # fmt: skip
     kinds = lay.kinds(truth.size, p * lay.group_len)
-    user = np.array([lay.is_user_kind(int(k)) for k in kinds])
+    user = kinds > lay.num_codebooks  # the user's codebooks come after the assistant's
     assistant_audio = (kinds != TEXT_KIND) & ~user
 
     def share(ids, where) -> float:
@@ -648,8 +653,7 @@ class DuplexWidget:
             self._say(f"Could not run the file: {escape(str(err))}", error=True)
             return None
         self.result.outputs = ()
-        stereo = np.stack([result.user, result.assistant[: result.user.size]])
-        self.result.append_display_data(Audio(stereo, rate=MIMI_SAMPLE_RATE_HZ))
+        self.result.append_display_data(Audio(result.stereo.T, rate=MIMI_SAMPLE_RATE_HZ))
         lines = "".join(f"<li>{t:.1f} s: {escape(words)}</li>"
                         for t, words in result.text_timeline())  # fmt: skip
         self.transcript.value = (f"<p><b>model's text channel</b> (you left, the model right):"

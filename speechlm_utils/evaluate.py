@@ -271,6 +271,7 @@ def encode_clips(clips: list[Clip], codec, tokenizer: SpeechTokenizer, aligner=N
     lay = tokenizer.layout
     group = lay.frames_per_group * codec.frame_samples
     out: list[np.ndarray] = []
+    silent = None  # duplex: Mimi's codes of silence, a prefix of any longer silence's (causal)
     for start in range(0, len(clips), batch_size):
         part = clips[start : start + batch_size]
         wavs: dict[int, np.ndarray] = {}
@@ -294,8 +295,9 @@ def encode_clips(clips: list[Clip], codec, tokenizer: SpeechTokenizer, aligner=N
             for row, i in enumerate(keys):
                 batch[row, 0, : wavs[i].size] = torch.from_numpy(wavs[i])
             codes = codec.encode(batch, lengths)
-            silent = codec.encode(torch.zeros(1, 1, max(lengths)))[0][: lay.user_codebooks] \
-                if lay.duplex else None  # fmt: skip
+            if lay.duplex and (silent is None or silent.shape[1] * codec.frame_samples <
+                               max(lengths)):  # fmt: skip
+                silent = codec.encode(torch.zeros(1, 1, max(lengths)))[0][: lay.user_codebooks]
             words = {i: part[i].words for i in keys}
             missing = [i for i in keys if words[i] is None]
             if missing and aligner is not None:

@@ -656,7 +656,7 @@ class _Run:
 def tracks_per_lane(cfg: TokenizeConfig) -> int:
     """Mimi rows per video in a batch: the mix (mono); an assistant's and a user's track per
     example (duplex: 2, or 4 for ``assistant="both"``)."""
-    if not getattr(cfg, "user_codebooks", 0):
+    if not cfg.user_codebooks:
         return 1
     return 4 if cfg.assistant == "both" else 2
 

@@ -477,9 +477,9 @@ def run_scrape(cfg: ScrapeConfig, entries: list[dict], out_root: str | Path,
     if cfg.diarize and len(todo) < len(entries):
         import sys
 
-        print(f"--diarize: {len(entries) - len(todo)} videos were scraped before; their "
-              "downloads are gone: give them turns with `python -m speechlm_utils diarize`",
-              file=sys.stderr)  # fmt: skip
+        print(f"--diarize: {len(entries) - len(todo)} videos were scraped before and their "
+              "downloads are gone; those without speaker turns get them from `python -m "
+              "speechlm_utils diarize`", file=sys.stderr)  # fmt: skip
     if cfg.diarize and todo:
         from .config import hf_token
         from .speakers import Diarizer
