@@ -320,6 +320,25 @@ def check_fsdp_dtypes(model) -> None:
             "--dtype fp32.")  # fmt: skip
 
 
+def join_process_group() -> None:
+    """Join torchrun's process group (nccl on GPUs, gloo on CPUs) once per process, and leave
+    it before the interpreter is torn down: a process that exits still in a gloo group can
+    abort (SIGABRT, "terminate called without an active exception") when gloo's threads free
+    their last tensors after Python is gone (pytorch#190489), failing a run that finished."""
+    import atexit
+
+    if torch.distributed.is_initialized():
+        return
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    atexit.register(leave_process_group)
+
+
+def leave_process_group() -> None:
+    """Destroy the default process group if one is up (idempotent)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
@@ -347,9 +366,8 @@ class Trainer:
         self.cfg, self.models = cfg, models
         self.tokens_root, self.run_dir = Path(tokens_root), Path(run_dir)
         self.rank, self.world, local_rank = distributed_env()
-        if self.world > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            torch.distributed.init_process_group(backend)
+        if self.world > 1:
+            join_process_group()
         if device is None:
             device = f"cuda:{local_rank}" if pick_device() == "cuda" else pick_device()
         self.device = device

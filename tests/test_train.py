@@ -565,3 +565,22 @@ def test_the_duplex_users_stream_is_its_own_loss_kind_weighted_apart(text_tokeni
         assert parts[4, 1] == 10  # the user's targets are counted (logged) either way
     shares = train.kind_loss_shares(hidden, head, ids, lay, (1, 1, 1, 1, 1.0))
     assert "user" in shares and abs(sum(shares.values()) - 1) < 1e-6
+
+
+def test_a_process_leaves_the_group_it_joined(monkeypatch):
+    """The trainer's process group is destroyed before exit (gloo can abort a process that
+    exits still in one, failing a finished torchrun): joined once, left idempotently."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29531")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    import atexit
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    train.join_process_group()
+    train.join_process_group()  # a second trainer in the same process joins nothing new
+    assert torch.distributed.is_initialized() and registered == [train.leave_process_group]
+    registered[0]()
+    assert not torch.distributed.is_initialized()
+    train.leave_process_group()  # the CLI's own call after atexit's: nothing left to leave
