@@ -253,8 +253,12 @@ class SpeechFilter:
     """Speech share of a chunk with silero-vad (its model ships in the wheel: runs offline)."""
 
     def __init__(self):
-        from silero_vad import load_silero_vad
+        import torch
 
+        threads = torch.get_num_threads()
+        from silero_vad import load_silero_vad  # its import sets torch to one thread, for all
+
+        torch.set_num_threads(threads)  # (a notebook would train at half speed after it)
         self._model = load_silero_vad()
         self._lock = threading.Lock()  # the jit model keeps state between calls
 

@@ -96,3 +96,17 @@ def pytest_configure(config):
 
     execute_quietly.checks_noise = True
     nb_run.NotebookRun.execute = execute_quietly
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_unchanged():
+    """A test (and so the library call it makes) leaves torch's thread count as it found it:
+    a library that sets one thread for the process (silero-vad's import does) would slow every
+    later cell of a notebook, and change the numerics of later tests."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    leaked = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    assert leaked == threads, f"torch's thread count changed from {threads} to {leaked}"

@@ -4,9 +4,11 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
+import torch
 
 from speechlm_utils import scrape
 from speechlm_utils.audio import ffmpeg_exe, load_audio, probe
@@ -221,7 +223,9 @@ def test_odd_names_never_escape_the_root_or_reach_a_shell(media, tmp_path):
     assert all(p.resolve().is_relative_to(sandbox.resolve()) for p in sandbox.rglob("*"))
 
 
-def test_speech_filter_drops_silent_chunks(media, tmp_path):
+def test_speech_filter_drops_silent_chunks(media, tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m.startswith("silero_vad")]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh, as in a new kernel
     root, base = media
     mixed = root / "mixed.webm"  # 20 s of speech, then 20 s of silence
     subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y",
@@ -230,9 +234,11 @@ def test_speech_filter_drops_silent_chunks(media, tmp_path):
                     "[0:a]atrim=0:20[s];[s][1:a]concat=n=2:v=0:a=1", "-c:a", "libopus",
                     str(mixed)], check=True)  # fmt: skip
     out = tmp_path / "chunks"
+    threads = torch.get_num_threads()
     summary = scrape.run_scrape(cfg(speech_filter=True, chunk_s=10.0),
                                 entries_for(base, ["mixed.webm"]), out, progress=False)
     assert summary.ok == 1
+    assert torch.get_num_threads() == threads  # silero-vad's import sets one thread for all
     meta = json.loads((scrape.chunk_dir(out, "mixed_webm") / "chunks.json").read_text())
     assert meta["dropped_low_speech"] >= 2  # both silent 10 s chunks (and any sliver after)
     assert [c["start_s"] < 19.9 for c in meta["chunks"]] == [True, True]
