@@ -230,7 +230,7 @@ def _chat_duplex(args, cfg, model, tokenizer, codec) -> None:
     """``chat --duplex``: play the user's file into the model group by group (in real time
     unless --no-realtime); a stereo wav (you left, the model right) and its text channel."""
     from .chat import UserInputError
-    from .duplex import DuplexSession, load_user_file, run_file, write_outputs
+    from .duplex import DuplexSession, load_user_file, run_file, timing_verdict, write_outputs
     from .generate import Sampling
 
     try:
@@ -249,8 +249,7 @@ def _chat_duplex(args, cfg, model, tokenizer, codec) -> None:
     print(f"{len(result.steps)} groups of {t['group_s'] * 1000:.0f} ms: per group listen "
           f"{t['mean_encode_s'] * 1000:.0f} + think and talk {t['mean_generate_s'] * 1000:.0f} + "
           f"speak {t['mean_decode_s'] * 1000:.0f} = {t['mean_compute_s'] * 1000:.0f} ms "
-          f"(worst {t['max_compute_s'] * 1000:.0f} ms): "
-          f"{'keeps up with' if t['keeps_up'] else 'slower than'} real time")
+          f"(worst {t['max_compute_s'] * 1000:.0f} ms): {timing_verdict(t)}")
     if "max_lag_s" in t:
         print(f"played in real time: each reply group came at most {t['max_lag_s']:.2f} s "
               "after its input ended")

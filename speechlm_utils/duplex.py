@@ -94,6 +94,7 @@ class DuplexSession:
         self._stack: ExitStack | None = None
         self._groups = None
         self.steps: list[GroupStep] = []
+        self.failed: str | None = None  # why the last conversation ended in an error
 
     @property
     def group_duration_s(self) -> float:
@@ -107,6 +108,7 @@ class DuplexSession:
         groups' codes are what encoding the whole track gives. The decoder is warmed with the
         prompt's own assistant codes."""
         self.close()
+        self.failed = None
         self._stack = ExitStack()
         self._stack.enter_context(self.codec.mimi.streaming(batch_size=1))
         try:
@@ -158,9 +160,22 @@ class DuplexSession:
     @torch.no_grad()
     def step(self, user_wav: np.ndarray) -> GroupStep:
         """The user's next 400 ms (``[9600]`` at 24 kHz; shorter is padded with silence) in,
-        the assistant's next 400 ms out (see the module doc)."""
+        the assistant's next 400 ms out (see the module doc). A session not started starts
+        here; one that ended in an error raises until it is `start`ed again (never a new
+        conversation behind the caller's back)."""
         if self._stack is None:
+            if self.failed:
+                raise RuntimeError(f"this duplex session ended after an error ({self.failed}): "
+                                   "start it again")  # fmt: skip
             self.start()
+        try:
+            return self._step(user_wav)
+        except BaseException as err:  # the stream cannot go on: free Mimi, say why
+            self.close()
+            self.failed = f"{type(err).__name__}: {err}"[:300]
+            raise
+
+    def _step(self, user_wav: np.ndarray) -> GroupStep:
         lay = self.tokenizer.layout
         wav = np.zeros(self.group_samples, np.float32)
         got = np.asarray(user_wav, np.float32).reshape(-1)[: self.group_samples]
@@ -169,12 +184,9 @@ class DuplexSession:
         heard = self._encode(wav)[: lay.user_codebooks]
         t1 = time.perf_counter()
         self._inbox.append(heard)
-        try:
-            group = next(self._groups)
-        except StopIteration:  # the generator ended on an earlier error
-            self.close()
-            raise RuntimeError("this duplex session ended after an error: start it again") \
-                from None  # fmt: skip
+        group = next(self._groups, None)
+        if group is None:  # cannot happen while the inbox holds this group's codes
+            raise RuntimeError("the duplex stream ended early")
         t2 = time.perf_counter()
         ids = np.asarray(group["ids"], dtype=np.int64)
         _, codes, _ = self.tokenizer.decode_streams(ids)
@@ -239,16 +251,38 @@ class DuplexResult:
                 for i, s in enumerate(self.steps) if s.text.strip()]  # fmt: skip
 
     def timing(self) -> dict:
-        """Mean and worst seconds per group of each part, against the group's duration."""
-        parts = {k: [getattr(s, k) for s in self.steps]
-                 for k in ("encode_s", "generate_s", "decode_s", "compute_s")}  # fmt: skip
-        out = {f"mean_{k}": float(np.mean(v)) for k, v in parts.items() if v}
-        out["max_compute_s"] = float(max(parts["compute_s"], default=0.0))
-        out["group_s"] = self.group_s
-        out["keeps_up"] = bool(self.steps) and out["mean_compute_s"] < self.group_s
-        if self.lags_s:
-            out["max_lag_s"] = float(max(self.lags_s))
-        return out
+        """Mean and worst seconds per group of each part, against the group's duration:
+        ``keeps_up`` only when even the worst group took less than the group lasts
+        (``groups_over`` counts those that did not; see `timing_verdict`)."""
+        return step_timing(self.steps, self.group_s, self.lags_s)
+
+
+def step_timing(steps: list[GroupStep], group_s: float, lags_s: list[float] = ()) -> dict:
+    """`DuplexResult.timing` of any steps (a live session's too)."""
+    parts = {k: [getattr(s, k) for s in steps]
+             for k in ("encode_s", "generate_s", "decode_s", "compute_s")}  # fmt: skip
+    out = {f"mean_{k}": float(np.mean(v)) for k, v in parts.items() if v}
+    out["max_compute_s"] = float(max(parts["compute_s"], default=0.0))
+    out["group_s"] = group_s
+    out["groups"] = len(steps)
+    out["groups_over"] = sum(c >= group_s for c in parts["compute_s"])
+    out["keeps_up"] = bool(steps) and out["groups_over"] == 0
+    if lags_s:
+        out["max_lag_s"] = float(max(lags_s))
+    return out
+
+
+def timing_verdict(timing: dict) -> str:
+    """Whether the steps kept up with real time, judged by the worst group, in words."""
+    budget = f"the {timing['group_s'] * 1e3:.0f} ms each group lasts"
+    if not timing["groups"]:
+        return "no groups yet"
+    if timing["keeps_up"]:
+        return f"keeps up: every group took less than {budget}"
+    if timing["mean_compute_s"] < timing["group_s"]:
+        return (f"falls behind at times: {timing['groups_over']} of {timing['groups']} groups "
+                f"took longer than {budget} (fast enough on average only)")
+    return f"falls behind: on average a group takes longer than {budget}"
 
 
 def run_file(session: DuplexSession, wav24: np.ndarray, realtime: bool = False,
@@ -287,8 +321,10 @@ def run_file(session: DuplexSession, wav24: np.ndarray, realtime: bool = False,
 
 
 def write_outputs(result: DuplexResult, out_wav: str | Path) -> tuple[Path, Path]:
-    """``out_wav``: stereo 16-bit wav, the user left and the assistant right, aligned as they
-    were heard and said; beside it ``.txt``: the assistant's text channel with times."""
+    """``out_wav``: stereo 16-bit wav, the user left and the assistant right, on the stream's
+    clock: group g of the reply beside group g of the input it was generated with (in real
+    time each reply group was ready ``lags_s[g]`` after its input ended; the wav leaves that
+    out); beside it ``.txt``: the assistant's text channel with times."""
     import soundfile as sf
 
     out_wav = Path(out_wav)
@@ -305,6 +341,36 @@ def write_outputs(result: DuplexResult, out_wav: str | Path) -> tuple[Path, Path
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(text)
     return out_wav, text
+
+
+def stored_user_groups(layout, ids) -> list[np.ndarray]:
+    """The user's ``codes[K_user, F]`` of each whole group of duplex ``ids`` (from a group
+    start): what `generate.duplex_tokens` forces, as the stream stored them."""
+    lay = layout
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    kinds = lay.kinds(lay.group_len)
+    first = lay.num_codebooks + 1  # the user's codebooks come after the assistant's
+    kinds_user = range(first, first + lay.user_codebooks)
+    return [np.stack([g[kinds == k] - lay.id_range(k)[0] for k in kinds_user])
+            for g in ids[: ids.size // lay.group_len * lay.group_len].reshape(-1, lay.group_len)]
+
+
+def continue_with_stored_user(model, layout, ids, prompt_groups: int, groups: int,
+                              sampling: Sampling | None = None, decode: str = "eager"
+                              ) -> np.ndarray:  # fmt: skip
+    """``groups`` groups after the first ``prompt_groups`` of a stored duplex stream ``ids``,
+    the user's positions forced to the stream's own user codes (never sampled: a duplex run
+    does not learn to predict them) and the assistant's sampled around them, as a
+    `DuplexSession` does with live audio. ``[groups * group_len]`` ids."""
+    lay = layout
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    a, b = prompt_groups * lay.group_len, (prompt_groups + groups) * lay.group_len
+    if ids.size < b:
+        raise ValueError(f"the stream holds {ids.size // lay.group_len} groups, not the "
+                         f"{prompt_groups} + {groups} asked for")  # fmt: skip
+    heard = stored_user_groups(lay, ids[a:b])
+    out = [g["ids"] for g in duplex_tokens(model, lay, ids[:a], heard, sampling, decode=decode)]
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
 def memorised_check(session: DuplexSession, ids, user_wav: np.ndarray, prompt_s: float = 4.0,
@@ -331,12 +397,8 @@ def memorised_check(session: DuplexSession, ids, user_wav: np.ndarray, prompt_s:
         session.sampling = sampling
     truth = ids[p * lay.group_len :]
     got = np.concatenate([s.ids for s in result.steps])
-    _, _, stored_user = session.tokenizer.decode_streams(truth)
-    F = lay.frames_per_group
-    heard = (stored_user[:, i * F : (i + 1) * F] for i in range(g))
-    stored = np.concatenate([out["ids"] for out in duplex_tokens(
-        session.model, lay, ids[: p * lay.group_len], heard, Sampling.greedy(),
-        decode=session.decode)])  # fmt: skip
+    stored = continue_with_stored_user(session.model, lay, ids, p, g, Sampling.greedy(),
+                                       session.decode)  # fmt: skip
     kinds = lay.kinds(truth.size, p * lay.group_len)
     user = kinds > lay.num_codebooks  # the user's codebooks come after the assistant's
     assistant_audio = (kinds != TEXT_KIND) & ~user
@@ -404,11 +466,14 @@ function render({ model, el }) {
     prev = x[x.length - 1];
     return Float32Array.from(out);
   };
-  const stop = () => {
+  const release = () => {
     if (node) node.disconnect();
     if (stream) stream.getTracks().forEach((t) => t.stop());
     node = null; stream = null;
     button.textContent = "\u25cf Start live";
+  };
+  const stop = () => {
+    release();
     info.textContent = latencies.length ? info.textContent.replace(/^live:/, "stopped:")
       : "live: off";
     model.send({ kind: "stop" });
@@ -479,7 +544,16 @@ function render({ model, el }) {
     }
   };
   model.on("msg:custom", (msg) => {
-    if (msg.kind !== "pcm" || !ctx) return;
+    if (msg.kind !== "pcm") {  // held, off or error: the piece is answered, its slot is free
+      sent.delete(msg.seq);
+      if (msg.kind === "error") {  // the kernel stopped live: say why, start again by hand
+        release();
+        info.textContent = `stopped: the model failed (${msg.message}); press Start live ` +
+          "to begin again";
+      }
+      return;
+    }
+    if (!ctx) return;
     const raw = Uint8Array.from(atob(msg.pcm), (c) => c.charCodeAt(0));
     const samples = new Float32Array(raw.buffer);
     const audio = ctx.createBuffer(1, samples.length, rate);
@@ -602,11 +676,31 @@ class DuplexWidget:
                 back = (f"; the browser got {heard} back, {self.live.mean_latency_ms:.0f} ms "
                         "after sending each piece on average" if heard else "")
                 self._say(f"Live stopped after {self._heard} groups{back}.")
-            elif kind == "pcm" and self._live_on:
-                self.hear(np.frombuffer(base64.b64decode(content["pcm"]), np.float32),
-                          content.get("seq"))  # fmt: skip
+            elif kind == "pcm":
+                self._on_piece(content)
         except Exception as err:  # a model error must not break the widget
             self._say(f"Could not run the live step: {escape(str(err))}", error=True)
+
+    def _on_piece(self, content: dict) -> None:
+        """Every piece the browser sends is answered, so it frees the piece's in-flight slot:
+        with its reply groups, ``held`` (less than a group so far), ``off`` (live is off), or
+        ``error``: the step failed, live stops and says why (Start live begins again)."""
+        seq = content.get("seq")
+        if not self._live_on:  # sent before a stop or an error reached the browser
+            self.live.send({"kind": "off", "seq": seq})
+            return
+        try:
+            steps = self.hear(np.frombuffer(base64.b64decode(content["pcm"]), np.float32), seq)
+        except Exception as err:
+            self._live_on = False
+            self.session.close()  # Mimi's streaming state goes; nothing restarts by itself
+            why = f"{type(err).__name__}: {err}"[:300]
+            self._say(f"Live stopped: the model failed after {self._heard} groups ({escape(why)})."
+                      " Press <b>Start live</b> to begin a new conversation.", error=True)
+            self.live.send({"kind": "error", "seq": seq, "message": why})
+            return
+        if not steps:
+            self.live.send({"kind": "held", "seq": seq})
 
     def hear(self, samples: np.ndarray, seq: int | None = None) -> list[GroupStep]:
         """Take microphone samples (any length); every whole 400 ms is one step, its reply
@@ -674,15 +768,13 @@ class DuplexWidget:
     def _show_timing(self, steps: list[GroupStep]) -> None:
         if not steps:
             return
-        mean = {k: 1e3 * float(np.mean([getattr(s, k) for s in steps]))
-                for k in ("encode_s", "generate_s", "decode_s", "compute_s")}  # fmt: skip
-        budget = self.session.group_duration_s * 1e3
-        verdict = "keeps up with" if mean["compute_s"] < budget else "falls behind"
+        t = step_timing(steps, self.session.group_duration_s)
         self.timing.value = (f"<span class='speechlm-duplex-timing'>{len(steps)} groups, per "
-                             f"group: listen {mean['encode_s']:.0f} ms + think and talk "
-                             f"{mean['generate_s']:.0f} ms + speak {mean['decode_s']:.0f} ms = "
-                             f"{mean['compute_s']:.0f} ms: {verdict} the {budget:.0f} ms each "
-                             "group lasts</span>")  # fmt: skip
+                             f"group: listen {t['mean_encode_s'] * 1e3:.0f} ms + think and talk "
+                             f"{t['mean_generate_s'] * 1e3:.0f} ms + speak "
+                             f"{t['mean_decode_s'] * 1e3:.0f} ms = "
+                             f"{t['mean_compute_s'] * 1e3:.0f} ms (worst "
+                             f"{t['max_compute_s'] * 1e3:.0f} ms): {timing_verdict(t)}</span>")
 
     def _say(self, message: str, error: bool = False) -> None:
         color = "#b00020" if error else "#333"
@@ -726,11 +818,28 @@ def tokens_dir(cfg) -> Path:
 def ensure_duplex_tokens(cfg: TokenizeConfig, models: ModelsConfig,
                          progress: bool = False) -> Path:  # fmt: skip
     """`tokens_dir`, tokenized from ``<data>/chunks`` first if it holds nothing (the tiny
-    profile scrapes the demo podcast when needed), so notebook 08 runs on its own."""
-    from .preprocess import run_tokenize, stream_pieces
+    profile scrapes the demo podcast when needed), so notebook 08 runs on its own. A root
+    made with another configuration than ``cfg`` (assistant, overlap, codebooks, ...) is
+    refused (`preprocess.TokenRootError`), never used as if it were ``cfg``'s."""
+    from .checkpoints import load_text_tokenizer
+    from .preprocess import (
+        LAYOUT_FILE,
+        claim_token_root,
+        config_digest,
+        read_token_layout,
+        root_spec,
+        run_tokenize,
+        stream_pieces,
+    )
     from .scrape import ensure_chunks
+    from .tokenizer import SpeechTokenizer
 
     root = tokens_dir(cfg)
+    if (root / LAYOUT_FILE).exists():  # compare with what the root was made with
+        followed = models.follow(read_token_layout(root))
+        tokenizer = SpeechTokenizer.from_config(load_text_tokenizer(followed), cfg)
+        claim_token_root(root, root_spec(tokenizer, followed, cfg.text_source, cfg),
+                         config_digest(tokenizer, followed, cfg.text_source, cfg))  # fmt: skip
     if not stream_pieces(root):
         chunks = ensure_chunks(cfg.data_dir, cfg.profile)
         run_tokenize(cfg, models, chunks, root, progress=progress)
@@ -760,13 +869,37 @@ def train_config(layout, profile: str | None = None, **overrides) -> TrainConfig
     return cfg.replace(**{**fields, **overrides})
 
 
-def user_track(chunks_root: str | Path, record: dict, overlap: str = "both") -> np.ndarray:
-    """The user's track under a duplex piece (24 kHz): its chunk's audio cut by the piece's
-    turns, everyone but its assistant (what stage 03 encoded for the user's positions, with
-    the token root's ``overlap`` policy)."""
-    from .preprocess import piece_audio, turns_of
+def ensure_duplex_run(cfg: TokenizeConfig, models: ModelsConfig, tokens_root: str | Path,
+                      layout, progress: bool = False):  # fmt: skip
+    """`run_dir`, trained on ``tokens_root`` with `train_config`'s recipe (cut to this GPU by
+    `train.recipe_config`) unless it is done already (a run is resumed, a finished one trains
+    no step): ``(run_dir, train_cfg, result)``. Notebook 08 and the test of its memorised
+    check share it, so either one's run serves the other."""
+    from . import train
+
+    run = run_dir(cfg)
+    train_cfg = train_config(layout, cfg.profile, data_dir=cfg.data_dir)
+    train_cfg = train.recipe_config(train_cfg, models, run_dir=run, layout=layout)
+    trainer = train.Trainer(train_cfg, models, tokens_root, run)
+    try:
+        result = trainer.fit(resume=True, progress=progress)
+    finally:
+        trainer = None  # let the model go before the caller loads the run
+        train.release_memory()
+    return run, train_cfg, result
+
+
+def user_track(chunks_root: str | Path, tokens_root: str | Path, record: dict) -> np.ndarray:
+    """The user's track under a duplex piece of ``tokens_root`` (24 kHz): its chunk's audio
+    cut by the piece's turns, everyone but its assistant, with the overlap policy the root
+    recorded: what stage 03 encoded for the user's positions."""
+    from .preprocess import piece_audio, read_token_layout, turns_of
     from .speakers import split_tracks
 
+    overlap = read_token_layout(tokens_root).get("overlap")
+    if overlap is None:
+        raise ValueError(f"{tokens_root} is not a duplex token root (its layout.json records "
+                         "no overlap policy): give the root the piece comes from")  # fmt: skip
     mix = piece_audio(chunks_root, record)
     return split_tracks(mix, MIMI_SAMPLE_RATE_HZ, turns_of(record), record["role"],
                         overlap)[1]  # fmt: skip

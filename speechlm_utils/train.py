@@ -791,8 +791,13 @@ def make_sample_fn(models: ModelsConfig, prompt_s: float = 4.0, continue_s: floa
                    temperature: float = 0.8):  # fmt: skip
     """A ``sample_fn`` for `Trainer.fit`: continues the first validation window's first
     ``prompt_s`` seconds; the audio is the prompt, a short beep, then the continuation, all
-    decoded by Mimi; the text channel of the continuation is the caption."""
+    decoded by Mimi; the text channel of the continuation is the caption. On the duplex
+    layout the user's positions of the continuation are the window's own user codes, forced
+    as duplex generation forces live input (the run does not learn to predict them: sampled,
+    they would be noise), and only the assistant is sampled; its audio is the assistant's.
+    ``sample["ids"]`` holds the continuation's ids."""
     from .codec import Codec
+    from .duplex import continue_with_stored_user
     from .generate import Sampling, generate
 
     state = {}
@@ -803,15 +808,23 @@ def make_sample_fn(models: ModelsConfig, prompt_s: float = 4.0, continue_s: floa
         lay = trainer.layout
         split = trainer.splits.val if len(trainer.splits.val) else trainer.splits.train
         ids = split[0]["input_ids"]
-        groups = max(1, int(prompt_s / lay.group_duration_s))
+        groups = max(1, round(prompt_s / lay.group_duration_s))  # round: 1.2 / 0.4 < 3
+        new_groups = round(continue_s / lay.group_duration_s)
+        if lay.duplex:  # the user's codes come from the window: it must hold the continuation
+            window_groups = ids.numel() // lay.group_len
+            groups = max(1, min(groups, window_groups - 1))
+            new_groups = min(new_groups, window_groups - groups)
         prompt = ids[: groups * lay.group_len]
         lm = _language_model(trainer.model)
         lm.eval()
         lm.config.use_cache = True
+        sampling = Sampling(temperature, temperature, seed=trainer.step)
         with trainer.full_root():  # FSDP: the root's tables whole while generating
-            new = generate(lm, lay, prompt,
-                           int(continue_s / lay.group_duration_s) * lay.group_len,
-                           Sampling(temperature, temperature, seed=trainer.step))  # fmt: skip
+            if lay.duplex:
+                new = continue_with_stored_user(lm, lay, ids.numpy(), groups, new_groups,
+                                                sampling).tolist()  # fmt: skip
+            else:
+                new = generate(lm, lay, prompt, new_groups * lay.group_len, sampling)
         lm.config.use_cache = False
         codec = state["codec"]
         _, prompt_codes = trainer.tokenizer.decode(prompt.numpy())
@@ -821,7 +834,8 @@ def make_sample_fn(models: ModelsConfig, prompt_s: float = 4.0, continue_s: floa
         beep = 0.3 * np.sin(2 * np.pi * BEEP_HZ * t).astype(np.float32)
         audio = np.concatenate([codec.decode(torch.from_numpy(prompt_codes))[0, 0].numpy(), beep,
                                 codec.decode(torch.from_numpy(new_codes))[0, 0].numpy()])
-        return {"sample": {"audio": audio, "rate": rate, "text": text}, "sample_text": text}
+        return {"sample": {"audio": audio, "rate": rate, "text": text, "ids": new},
+                "sample_text": text}
 
     return sample
 

@@ -1,7 +1,9 @@
 """Stage 08: a duplex session hears the user exactly and answers group by group; its outputs,
 its widget and its command line."""
 
+import base64
 import json
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -18,6 +20,26 @@ from speechlm_utils.tokenizer import TEXT_KIND, SpeechTokenizer
 from .conftest import DEMO_DIR
 
 GROUP = 9600  # samples per 400 ms group at 24 kHz
+
+
+def _pcm(samples, seq: int) -> dict:
+    """A live piece as the browser sends it."""
+    return {"kind": "pcm", "seq": seq,
+            "pcm": base64.b64encode(np.asarray(samples, np.float32).tobytes()).decode()}
+
+
+@contextmanager
+def _failing(model, message: str = "boom"):
+    """The LM raises ``message`` on every forward while inside (a GPU out of memory, say)."""
+
+    def fail(*_):
+        raise RuntimeError(message)
+
+    hook = model.get_input_embeddings().register_forward_pre_hook(fail)
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 @pytest.fixture(scope="module")
@@ -101,18 +123,19 @@ def test_the_widget_streams_each_whole_group_back_and_explains_bad_files(dlm, dt
     sent = []
     ui.live.send = sent.append
     ui._on_message(None, {"kind": "start"}, [])
-    pcm = lambda x: {"kind": "pcm", "seq": 7, "pcm": __import__("base64").b64encode(  # noqa: E731
-        np.asarray(x, np.float32).tobytes()).decode()}
-    for piece in (voice[:5000], voice[5000:21000], voice[21000:30000]):  # 1.25 s in 3 pieces
-        ui._on_message(None, pcm(piece), [])
-    assert [m["group"] for m in sent] == [1, 2, 3]  # every whole 400 ms, the rest waits
-    assert all(len(m["pcm"]) > 0 and m["compute_ms"] > 0 and m["seq"] == 7 for m in sent)
+    for seq, piece in enumerate((voice[:5000], voice[5000:21000], voice[21000:30000])):
+        ui._on_message(None, _pcm(piece, seq), [])  # 1.25 s in 3 pieces
+    assert sent[0] == {"kind": "held", "seq": 0}  # less than a group so far: answered anyway
+    replies = sent[1:]
+    assert [m["group"] for m in replies] == [1, 2, 3]  # every whole 400 ms, the rest waits
+    assert [m["seq"] for m in replies] == [1, 1, 2]
+    assert all(len(m["pcm"]) > 0 and m["compute_ms"] > 0 for m in replies)
     assert "3 groups" in ui.timing.value and "400 ms" in ui.timing.value
     ui._on_message(None, {"kind": "stop"}, [])
     assert "3 groups" in ui.status.value
     assert session._stack is None  # stop frees Mimi's streaming state: the codec serves others
-    ui._on_message(None, pcm(voice[30000:50000]), [])  # a piece posted before the stop arrived
-    assert len(sent) == 3 and len(session.steps) == 3  # ignored
+    ui._on_message(None, _pcm(voice[30000:50000], 3), [])  # posted before the stop arrived
+    assert sent[-1] == {"kind": "off", "seq": 3} and len(session.steps) == 3  # not heard
     assert ui.play_file("empty.wav", b"") is None and "empty" in ui.status.value
     assert ui.play_file("noise.bin", b"not audio at all") is None
     assert "not audio" in ui.status.value
@@ -136,20 +159,52 @@ def test_a_mono_model_is_refused_with_what_to_do(dlm, text_tokenizer, codec):
 
 
 @pytest.fixture(scope="module")
-def duplex_run(tiny_models, dtok, tmp_path_factory):
-    """A duplex run trained for two steps on synthetic duplex tokens."""
-    from speechlm_utils import train
-    from speechlm_utils.config import TrainConfig
-
+def duplex_tokens_root(dtok, tmp_path_factory):
+    """Synthetic duplex tokens (random codes for both streams, the demo's words)."""
     from .test_train import make_tokens
 
-    root = tmp_path_factory.mktemp("duplex")
-    tokens = make_tokens(root, dtok)
-    cfg = TrainConfig.from_profile("tiny", max_steps=2, seq_len=dtok.layout.group_len * 10,
-                                   wandb_mode="disabled", eval_every=2, save_every=2,
-                                   warmup_steps=1, train_chunks=None)  # fmt: skip
-    train.Trainer(cfg, tiny_models, tokens, root / "run").fit(progress=False)
-    return root / "run"
+    return make_tokens(tmp_path_factory.mktemp("duplex"), dtok)
+
+
+def _duplex_train_config(dtok):
+    from speechlm_utils.config import TrainConfig
+
+    return TrainConfig.from_profile("tiny", max_steps=2, seq_len=dtok.layout.group_len * 10,
+                                    wandb_mode="disabled", eval_every=2, save_every=2,
+                                    warmup_steps=1, train_chunks=None)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def duplex_run(tiny_models, dtok, duplex_tokens_root):
+    """A duplex run trained for two steps on synthetic duplex tokens."""
+    from speechlm_utils import train
+
+    run = duplex_tokens_root.parent / "run"
+    train.Trainer(_duplex_train_config(dtok), tiny_models, duplex_tokens_root, run).fit(
+        progress=False)  # fmt: skip
+    return run
+
+
+def test_a_duplex_runs_training_sample_forces_the_windows_user_stream(tiny_models, dtok,
+                                                                     duplex_tokens_root,
+                                                                     tmp_path):  # fmt: skip
+    """The run does not learn the user's stream (loss weight 0): its training samples hear the
+    window's own user codes, as duplex generation hears live input, and sample the rest."""
+    from speechlm_utils import train
+
+    trainer = train.Trainer(_duplex_train_config(dtok), tiny_models, duplex_tokens_root,
+                            tmp_path / "run")  # fmt: skip
+    sample = train.make_sample_fn(tiny_models, prompt_s=0.8, continue_s=1.2)(trainer)["sample"]
+    lay = dtok.layout
+    window = trainer.splits.val[0]["input_ids"].numpy()
+    new = np.asarray(sample["ids"])
+    truth = window[2 * lay.group_len : 5 * lay.group_len]  # after the 2 groups of the prompt
+    kinds = lay.kinds(new.size)
+    user = kinds > lay.num_codebooks
+    assert new.size == truth.size and user.sum() == 3 * 5 * 2
+    assert np.array_equal(new[user], truth[user])  # heard as stored, never sampled
+    assert (lay.kinds_of_ids(new) == kinds).all()  # the assistant's positions: sampled, in kind
+    assert sample["audio"].size > 0 and isinstance(sample["text"], str)
 
 
 def test_chat_duplex_plays_a_file_into_a_duplex_run(duplex_run, voice, tmp_path, capsys):
@@ -191,3 +246,125 @@ def test_the_latency_plan_leaves_mimi_what_the_lm_does_not_take(dtok):
     assert h100["keeps up"] == "yes" and rows["A100 80GB", "eager"]["keeps up"] == "no"
     assert rows["A100 80GB", "eager"]["left for Mimi ms"] == 0  # the LM alone overruns 400 ms
     assert "keeps up" not in duplex.latency_plan(dtok.layout)[0]
+
+
+def test_a_failed_step_ends_the_session_and_nothing_restarts_it_silently(dlm, dtok, codec,
+                                                                          voice):  # fmt: skip
+    session = duplex.DuplexSession(dlm, dtok, codec, Sampling(seed=0), decode="eager")
+    session.step(voice[:GROUP])  # a session never started starts on its first step
+    with _failing(dlm), pytest.raises(RuntimeError, match="boom"):
+        session.step(voice[GROUP : 2 * GROUP])
+    assert session._stack is None and "boom" in session.failed  # Mimi freed, the reason kept
+    with pytest.raises(RuntimeError, match=r"ended after an error \(RuntimeError: boom\)"):
+        session.step(voice[GROUP : 2 * GROUP])  # no new silent conversation behind our back
+    assert session._stack is None and len(session.steps) == 1
+    codec.encode_stream(voice[:GROUP], 5)  # the codec serves others meanwhile
+    session.start()  # starting again is explicit
+    assert session.failed is None and session.step(voice[:GROUP]).group == 1
+    session.close()
+
+
+def test_the_live_widget_answers_every_piece_and_stops_with_the_reason_on_an_error(
+        dlm, dtok, codec, voice):  # fmt: skip
+    """The browser keeps at most 3 pieces in flight, freeing one only when the kernel answers
+    it: a piece whose step failed must be answered too, and live must stop, not carry on."""
+    session = duplex.DuplexSession(dlm, dtok, codec, Sampling(seed=0), decode="eager")
+    ui = duplex.DuplexWidget(session)
+    sent = []
+    ui.live.send = sent.append
+    ui._on_message(None, {"kind": "start"}, [])
+    ui._on_message(None, _pcm(voice[:GROUP], 0), [])
+    with _failing(dlm):
+        ui._on_message(None, _pcm(voice[GROUP : 2 * GROUP], 1), [])
+    ui._on_message(None, _pcm(voice[2 * GROUP : 3 * GROUP], 2), [])  # in flight at the error
+    ui._on_message(None, _pcm(voice[3 * GROUP : 4 * GROUP], 3), [])
+    assert [(m["kind"], m["seq"]) for m in sent] == [("pcm", 0), ("error", 1), ("off", 2),
+                                                     ("off", 3)]  # fmt: skip
+    assert "boom" in sent[1]["message"]
+    assert "Live stopped" in ui.status.value and "boom" in ui.status.value
+    assert "Start live" in ui.status.value and "#b00020" in ui.status.value  # shown as an error
+    assert not ui._live_on and session._stack is None and len(session.steps) == 1
+    ui._on_message(None, {"kind": "start"}, [])  # the user starts again: a new conversation
+    ui._on_message(None, _pcm(voice[:GROUP], 4), [])
+    assert (sent[-1]["kind"], sent[-1]["seq"], sent[-1]["group"]) == ("pcm", 4, 1)
+    assert "Live: 1 groups heard" in ui.status.value
+    ui._on_message(None, {"kind": "stop"}, [])
+
+
+def _step(compute_s: float) -> duplex.GroupStep:
+    return duplex.GroupStep(0, [], np.zeros((2, 5)), np.zeros((4, 5)), np.zeros(GROUP), "",
+                            0.0, compute_s, 0.0)  # fmt: skip
+
+
+def test_keeping_up_is_judged_by_the_worst_group():
+    def timing(*compute_s):
+        return duplex.DuplexResult(np.zeros(1), np.zeros(1), [_step(c) for c in compute_s],
+                                   0.0).timing()  # fmt: skip
+
+    bursty = timing(*[0.1] * 9, 0.6)  # on average 150 ms, but one group took 600 ms
+    assert bursty["mean_compute_s"] < 0.4 and bursty["max_compute_s"] == pytest.approx(0.6)
+    assert not bursty["keeps_up"] and bursty["groups_over"] == 1
+    assert "1 of 10 groups took longer than the 400 ms" in duplex.timing_verdict(bursty)
+    fast = timing(0.1, 0.39)
+    assert fast["keeps_up"] and duplex.timing_verdict(fast).startswith("keeps up")
+    slow = timing(0.5, 0.45)
+    assert not slow["keeps_up"] and "on average" in duplex.timing_verdict(slow)
+    assert not timing()["keeps_up"]
+
+
+def test_the_readme_layout_table_is_the_layouts_arithmetic():
+    import re
+
+    from .conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Stage 08") : readme.index("## Two profiles")]
+    rows = re.findall(r"^  \| (mono|duplex, K_user = (\d)[^|]*) \| (\d+) \| ([\d.]+) \| (\d+) \| "
+                      r"([\d.]+) s \|$", section, re.M)  # fmt: skip
+    table = {row["layout"]: row for row in duplex.layout_table()}
+    assert len(rows) == len(table) == 4
+    for name, k_user, group, per_s, sampled, window_s in rows:
+        row = table["mono" if name == "mono" else f"duplex, K_user={k_user}"]
+        assert int(group) == row["tokens per group"] == 2 + 5 * (4 + int(k_user or 0))
+        assert float(per_s) == row["tokens/s"] == int(group) / 0.4
+        assert int(sampled) == row["sampled per group"] == 22
+        assert float(window_s) == row["4096-token window (s)"] == round(4096 / float(per_s), 1)
+
+
+def test_notebook_08s_token_root_must_be_its_configuration_and_gives_its_overlap(
+        tiny_models, text_tokenizer, tmp_path):  # fmt: skip
+    """A root made with another overlap policy (or assistant, ...) is refused, not used as if it
+    were the notebook's; the user's track under a piece is cut with the root's own policy."""
+    from speechlm_utils import preprocess
+    from speechlm_utils.speakers import split_tracks
+
+    cfg = duplex.tokenize_config("tiny", data_dir=tmp_path)
+    root = duplex.tokens_dir(cfg)
+
+    def claim(overlap):
+        other = cfg.replace(overlap=overlap)
+        tok = SpeechTokenizer.from_config(text_tokenizer, other)
+        preprocess.claim_token_root(
+            root, preprocess.root_spec(tok, tiny_models, other.text_source, other),
+            preprocess.config_digest(tok, tiny_models, other.text_source, other))  # fmt: skip
+
+    claim("user")
+    with pytest.raises(preprocess.TokenRootError, match="another configuration"):
+        duplex.ensure_duplex_tokens(cfg, tiny_models)
+    wav = np.ones(MIMI_SAMPLE_RATE_HZ, np.float32)  # 1 s; the assistant a, then b over it
+    sf.write(tmp_path / "c.wav", wav, MIMI_SAMPLE_RATE_HZ, subtype="FLOAT")
+    record = {"chunk": "c.wav", "start_s": 0.0, "chunk_start_s": 0.0, "role": "a",
+              "turns": [["a", 0.0, 0.6], ["b", 0.4, 1.0]]}  # fmt: skip
+    turns = preprocess.turns_of(record)
+    got = duplex.user_track(tmp_path, root, record)
+    assert np.allclose(got, split_tracks(wav, MIMI_SAMPLE_RATE_HZ, turns, "a", "user")[1])
+    assert got[12000] == 1.0  # 0.5 s: both talk, and the root gives the overlap to the user
+    (root / "layout.json").unlink()
+    claim("assistant")
+    assert duplex.user_track(tmp_path, root, record)[12000] == 0.0
+    (root / "layout.json").unlink()
+    claim(cfg.overlap)  # the notebook's own configuration, with a finished video: used as is
+    (root / "manifest.jsonl").write_text(json.dumps(
+        {"type": "piece", "video_id": "v", "chunk": "c.wav", "status": "ok"}) + "\n" +
+        json.dumps({"type": "video", "video_id": "v", "status": "done"}) + "\n")  # fmt: skip
+    assert duplex.ensure_duplex_tokens(cfg, tiny_models) == root
