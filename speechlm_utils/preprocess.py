@@ -63,7 +63,15 @@ from .audio import (
 from .config import ModelsConfig, TokenizeConfig
 from .manifest import JsonlWriter, atomic_path, in_shard, read_jsonl
 from .scrape import read_chunk_listings
-from .speakers import Turn, merge_turns, pick_assistants, shift_turns, track_gains
+from .speakers import (
+    ASSISTANT_POLICIES,
+    Turn,
+    merge_turns,
+    pick_assistants,
+    shift_turns,
+    speaking_time,
+    track_gains,
+)
 from .speakers import words_of as words_of_speaker
 from .tokenizer import SpeechTokenizer
 from .words import Word
@@ -661,20 +669,46 @@ def tracks_per_lane(cfg: TokenizeConfig) -> int:
     return 4 if cfg.assistant == "both" else 2
 
 
-def speaker_roles(video: dict, cfg: TokenizeConfig) -> str | None:
+def speaker_roles(video: dict, cfg: TokenizeConfig) -> tuple[str, bool] | None:
     """Give a duplex video its turns (video time) and the assistant of each example (`roles`);
-    the reason it cannot be tokenized in the duplex layout, or None."""
+    or why it cannot be tokenized in the duplex layout, and whether that is final (a named
+    assistant the video lacks: its speakers will not change) or may pass on a later run (no
+    turns yet: diarize may give them)."""
     turns = video_turns(video["chunks"])
+    video["speakers"] = list(speaking_time(turns))
     if not turns:
         return ("no speaker turns (the duplex layout needs who speaks when): give them with "
                 "`python -m speechlm_utils diarize` (pyannote), or scrape with a transcript "
-                "that labels speakers; the video is tried again on the next run")  # fmt: skip
-    try:
-        video["roles"] = pick_assistants(turns, cfg.assistant)
-    except ValueError as err:
-        return str(err)
+                "that labels speakers; the video is tried again on the next run",
+                False)  # fmt: skip
+    if cfg.assistant not in ASSISTANT_POLICIES and cfg.assistant not in video["speakers"]:
+        return (f"assistant {cfg.assistant!r} is not a speaker of this video (its speakers: "
+                f"{', '.join(video['speakers'])}); skipped for good in this root, which holds "
+                "one assistant policy", True)  # fmt: skip
+    video["roles"] = pick_assistants(turns, cfg.assistant)
     video["turns"] = turns
     return None
+
+
+def duplex_problems(todo: list[dict], cfg: TokenizeConfig, done_before: bool) -> dict:
+    """`speaker_roles` of each video to tokenize: video id -> (reason, final) for those that
+    cannot be. A named assistant that no video has, in a root with nothing done yet, is a
+    mistyped name: a ValueError listing the speakers there, before anything is written."""
+    problems = {}
+    for video in todo:
+        problem = speaker_roles(video, cfg)
+        if problem:
+            problems[video["video_id"]] = problem
+    named = cfg.assistant not in ASSISTANT_POLICIES
+    with_turns = [v for v in todo if v["speakers"]]
+    if named and not done_before and with_turns and all(
+            problems.get(v["video_id"], ("", False))[1] for v in with_turns):  # fmt: skip
+        seen = sorted({s for v in with_turns for s in v["speakers"]})
+        raise ValueError(f"--assistant {cfg.assistant!r} is not a speaker of any of the "
+                         f"{len(with_turns)} videos with speaker turns here (their speakers: "
+                         f"{', '.join(seen[:20])}{' ...' if len(seen) > 20 else ''}): use "
+                         f"{', '.join(ASSISTANT_POLICIES)} or one of those names")  # fmt: skip
+    return problems
 
 
 def group_videos(items: list[dict]) -> list[dict]:
@@ -725,24 +759,22 @@ def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | P
         models = followed
     tokenizer = SpeechTokenizer.from_config(text_tokenizer or load_text_tokenizer(models), cfg)
     digest = config_digest(tokenizer, models, cfg.text_source, cfg)
-    claim_token_root(tokens_root, root_spec(tokenizer, models, cfg.text_source, cfg), digest)
     items = [it for it in list_chunk_items(chunks_root) if in_shard(it["video_id"], shard, rank)
              and (cfg.max_video_s is None or it["start_s"] < cfg.max_video_s)]
     manifest = manifest_path(tokens_root, shard, rank)
     done = {r["video_id"] for r in read_jsonl(manifest) if r.get("type") == "video"}
     videos = group_videos(items)
     todo = [v for v in videos if v["video_id"] not in done]
+    problems = {}  # duplex: checked before the root is claimed (a mistyped name claims nothing)
+    if tokenizer.layout.duplex:
+        problems = duplex_problems(todo, cfg, bool(done))
+    claim_token_root(tokens_root, root_spec(tokenizer, models, cfg.text_source, cfg), digest)
     summary = TokenizeSummary(chunks_total=len(items),
                               done_before=sum(len(v["chunks"]) for v in videos) -
                               sum(len(v["chunks"]) for v in todo))  # fmt: skip
     if not todo:
         return summary
-    unusable = {}
-    if tokenizer.layout.duplex:
-        for video in todo:
-            reason = speaker_roles(video, cfg)
-            if reason:
-                unusable[video["video_id"]] = reason
+    unusable = {vid: reason for vid, (reason, _) in problems.items()}
     todo.sort(key=lambda v: (-sum(c["duration_s"] for c in v["chunks"]), v["video_id"]))
     codec = codec or Codec.load(models, cfg.num_codebooks, device)
     if codec.num_codebooks != cfg.num_codebooks:
@@ -765,10 +797,15 @@ def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | P
                                  cfg.frames_per_group) as encoder:  # fmt: skip
         run = _Run(cfg, tokenizer, digest, tokens_root, writer, codec, aligner, summary, bar,
                    pool)  # fmt: skip
-        for video in [v for v in todo if v["video_id"] in unusable]:  # not done: turns may come
+        for video in [v for v in todo if v["video_id"] in unusable]:
             for chunk in video["chunks"]:
                 run.record_problem({**chunk, "status": "skipped",
                                     "reason": unusable[video["video_id"]]})
+            if problems[video["video_id"]][1]:  # final: a video line, so it is not tried again
+                writer.write({"type": "video", "video_id": video["video_id"],
+                              "status": "skipped", "reason": unusable[video["video_id"]],
+                              "config": digest, "chunks": len(video["chunks"])})  # fmt: skip
+            # else not done: turns may come (diarize), and the video is tried again
         lanes = [_Lane() for _ in range(lanes_n)]
         try:
             while True:

@@ -216,3 +216,45 @@ def test_diarize_gives_videos_scraped_without_labels_their_turns(tmp_path):
     assert "folder" not in json.loads((done["folder"] / "chunks.json").read_text())
     again = speakers.run_diarize(tmp_path / "chunks", diarizer, progress=False)
     assert (again.diarized, again.had_turns) == (1, 1) and len(heard) == 3  # only the failed one
+
+
+def test_a_named_assistant_a_video_lacks_is_final_and_a_mistyped_one_fails_first(
+        tiny_models, codec, text_tokenizer, tmp_path):  # fmt: skip
+    """`tokenize --assistant NAME`: a name no video has is refused before the root is claimed,
+    with the speakers there; a video without the name is skipped for good, its speakers in the
+    reason and a final line in the manifest, so a re-run does not try it again."""
+    from speechlm_utils import preprocess
+    from speechlm_utils.audio import MIMI_SAMPLE_RATE_HZ, load_audio
+    from speechlm_utils.config import TokenizeConfig
+    from speechlm_utils.manifest import read_jsonl
+
+    from .test_preprocess import _pcm_tree
+
+    wav = load_audio(DEMO_DIR / "demo_ep_001.webm", MIMI_SAMPLE_RATE_HZ)[: 3 * 24000]
+    chunks = tmp_path / "chunks"
+    for video, (one, other) in (("conv1", "ab"), ("conv2", "cd")):
+        _pcm_tree(chunks, wav, [], 2.0, video, [Turn(one, 0.0, 1.8), Turn(other, 2.0, 2.8)])
+    tokens = tmp_path / "tokens"
+
+    def run(assistant):
+        cfg = TokenizeConfig.from_profile("tiny", workers=0, user_codebooks=2,
+                                          assistant=assistant)  # fmt: skip
+        return preprocess.run_tokenize(cfg, tiny_models, chunks, tokens, codec=codec,
+                                       text_tokenizer=text_tokenizer, progress=False)  # fmt: skip
+
+    with pytest.raises(ValueError, match=r"'hots' is not a speaker of any of the 2 videos with "
+                                         r"speaker turns here \(their speakers: a, b, c, d\)"):
+        run("hots")
+    assert not (tokens / "layout.json").exists()  # nothing claimed: the right name may follow
+    summary = run("a")
+    assert summary.videos == 1 and summary.ok == 2  # conv1: its two chunks
+    reasons = set(summary.skipped.values())
+    assert reasons == {"assistant 'a' is not a speaker of this video (its speakers: c, d); "
+                       "skipped for good in this root, which holds one assistant policy"}
+    lines = list(read_jsonl(tokens / "manifest.jsonl"))
+    final = [r for r in lines if r["type"] == "video" and r["video_id"] == "conv2"]
+    assert len(final) == 1 and final[0]["status"] == "skipped" and final[0]["reason"] in reasons
+    again = run("a")  # nothing left to do: conv2 is not tried again
+    assert again.skipped == {} and again.done_before == 4
+    assert list(read_jsonl(tokens / "manifest.jsonl")) == lines
+    assert {r["role"] for r in preprocess.stream_pieces(tokens)} == {"a"}
