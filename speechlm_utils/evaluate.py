@@ -46,6 +46,7 @@ from .words import Word
 VARIANTS = ("text", "speech")  # text slots as in training, or all TEXT_PAD (speech only)
 SPANS = ("semantic", "all")  # codebook 0 alone, or every codebook
 MIN_SCORE_GAP = 1e-6  # a right clip must beat every other by this (ties count as wrong)
+SANITY_ITEMS = 8  # memorised windows in the sanity suite (the run's first ones)
 
 
 # -- items ------------------------------------------------------------------------------------
@@ -485,43 +486,64 @@ def clip_logprobs(model, layout: TokenLayout, clips: list[np.ndarray],
     return out
 
 
+def right_wins(means, correct: int) -> bool:
+    """Whether the right clip's mean beats every other's by `MIN_SCORE_GAP` (a tie is wrong):
+    the one rule of `item_verdicts` and `explain_item`."""
+    means = np.asarray(means, dtype=np.float64)
+    return bool((means[correct] - np.delete(means, correct) > MIN_SCORE_GAP).all())
+
+
 def item_verdicts(scores: np.ndarray, correct: int) -> dict:
     """From one item's ``[clips, 4]`` `clip_logprobs`: the mean log-likelihood per clip over
-    each span, and whether the right clip beat every other (ties count as wrong)."""
+    each span, and whether the right clip beat every other (`right_wins`)."""
     out = {}
     for span, (s, n) in zip(SPANS, ((0, 1), (2, 3))):
         means = scores[:, s] / np.maximum(scores[:, n], 1)
-        others = np.delete(means, correct)
-        out[span] = {"means": [float(m) for m in means],
-                     "right": bool((means[correct] - others > MIN_SCORE_GAP).all())}  # fmt: skip
+        out[span] = {"means": [float(m) for m in means], "right": right_wins(means, correct)}
     return out
 
 
 def score_items(model, layout: TokenLayout, encoded: list[list[np.ndarray]], items: list[Item],
-                out_path: Path, variants: Iterable[str] = VARIANTS, batch_items: int = 64,
-                max_batch_tokens: int = 8192, progress: bool = True,
-                errors: dict[str, str] | None = None) -> list[dict]:  # fmt: skip
+                out_path: Path, variants: Iterable[str] = VARIANTS, max_batch_tokens: int = 8192,
+                forwards_per_write: int = 8, progress: bool = True,
+                errors: dict[str, str] | None = None, key: dict | None = None,
+                ) -> list[dict]:  # fmt: skip
     """Score every item (each variant), appending one line per item to ``out_path``; items
-    already there are read back, not scored again. Returns every item's line. ``errors``:
-    item id -> why it has no clips to score (`EncodedSuite.errors`): its line records the
-    reason instead of scores, and `accuracies` leaves it out."""
+    already there (under the same ``key``) are read back, not scored again. Returns every
+    item's line. Items are taken in parts of about ``forwards_per_write`` full forwards of
+    ``max_batch_tokens`` (so short clips fill the budget as long ones do), and a part's lines
+    are written when it is scored: a stop loses at most one part. ``errors``: item id -> why
+    it has no clips to score (`EncodedSuite.errors`): its line records the reason instead of
+    scores, and `accuracies` leaves it out. ``key``: what the scores depend on beyond the item
+    (the checkpoint's weights, the suite's source), stored in each line: a line scored under
+    another key is scored again."""
     from tqdm.auto import tqdm
 
     errors = errors or {}
-    done = {r["id"]: r for r in read_jsonl(out_path)}
+    variants = tuple(variants)
+    stamp = {"key": key} if key is not None else {}
+    done = {r["id"]: r for r in read_jsonl(out_path) if r.get("key") == key}
     todo = [k for k, it in enumerate(items) if it.id not in done]
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"score {out_path.stem}",
                disable=not progress)  # fmt: skip
     with JsonlWriter(out_path) as writer:
         for k in [k for k in todo if items[k].id in errors]:
-            line = {"id": items[k].id, "subset": items[k].subset, "error": errors[items[k].id]}
+            line = {"id": items[k].id, "subset": items[k].subset, "error": errors[items[k].id],
+                    **stamp}  # fmt: skip
             writer.write(line)
             done[items[k].id] = line
             bar.update(1)
         todo = [k for k in todo if items[k].id not in errors]
-        for start in range(0, len(todo), batch_items):
-            part = todo[start : start + batch_items]
-            lines = {k: {"id": items[k].id, "subset": items[k].subset} for k in part}
+        parts, part, size = [], [], 0
+        for k in todo:  # each part about forwards_per_write budgets of tokens
+            part.append(k)
+            size += sum(len(c) for c in encoded[k])
+            if size >= forwards_per_write * max_batch_tokens:
+                parts.append(part)
+                part, size = [], 0
+        parts += [part] if part else []
+        for part in parts:
+            lines = {k: {"id": items[k].id, "subset": items[k].subset, **stamp} for k in part}
             for variant in variants:
                 clips = [c if variant == "text" else speech_only(c, layout)
                          for k in part for c in encoded[k]]  # fmt: skip
@@ -574,48 +596,75 @@ def run_meta(run_dir: str | Path) -> dict:
 
 
 def run_windows(run_dir: str | Path, tokens_root: str | Path, layout: TokenLayout,
-                which: str) -> list[np.ndarray]:  # fmt: skip
+                which: str, limit: int | None = None) -> list[np.ndarray]:  # fmt: skip
     """The run's windows of its recipe's ``seq_len``: ``val`` (its held-out videos) or
-    ``memorised`` (what it trained on when it used ``train_chunks``, else its training videos).
-    ``[seq_len]`` int64 each, padding (a stream's short tail) cut off."""
-    from .data import cut_windows, video_streams
+    ``memorised`` (what it trained on when it used ``train_chunks``, else its training videos);
+    ``limit``: the first ones only, read from the first videos alone (the sanity suite needs
+    8 windows, not 1000 hours). ``[seq_len]`` int64 each, padding (a stream's short tail) cut
+    off. A token root with no manifest raises (e.g. a run whose tokens moved)."""
+    from .data import TokenWindows, cut_windows, video_streams
     from .preprocess import stream_pieces
     from .train import training_records
 
+    root = Path(tokens_root)
+    if not any(root.glob("manifest*.jsonl")):
+        raise FileNotFoundError(f"{root} holds no token manifest (manifest*.jsonl), so the run's "
+                                f"{which} windows cannot be read: if its tokens moved (another "
+                                "Drive path, another machine), pass --tokens DIR (evaluate_run's "
+                                "tokens_root) with the token root it trained on")  # fmt: skip
     meta = run_meta(run_dir)
     seq_len = int(meta.get("recipe", {}).get("seq_len") or 4092) // layout.group_len
     seq_len *= layout.group_len
     if which == "val":
         val = set(meta["val_videos"])
-        records = [r for r in stream_pieces(tokens_root) if r["video_id"] in val]
+        records = [r for r in stream_pieces(root) if r["video_id"] in val]
     else:
-        records = training_records(run_dir, tokens_root)
-    streams = [s for s in video_streams(records, tokens_root) if s[1]]
+        records = training_records(run_dir, root)
+    if limit is not None:  # whole videos, until they hold the windows' tokens (a stream of
+        total, last = 0, None  # n tokens makes at least n / seq_len windows, see `cut_windows`)
+        for k, r in enumerate(records):
+            if total >= limit * seq_len and r["video_id"] != last:
+                records = records[:k]
+                break
+            total, last = total + int(r.get("n_tokens") or seq_len), r["video_id"]
+    streams = [s for s in video_streams(records, root) if s[1]]
     if not streams:
         return []
-    from .data import TokenWindows
-
     windows, _ = cut_windows(streams, seq_len)
-    data = TokenWindows(windows, seq_len, layout.text_pad_id)
+    data = TokenWindows(windows[:limit], seq_len, layout.text_pad_id)
     out = []
-    for i in range(len(data)):
+    for i in range(len(data)):  # only these windows' tokens are read (memory maps)
         item = data[i]
         keep = int((item["labels"] != -100).sum())
         out.append(item["input_ids"][:keep].numpy())
     return out
 
 
+def no_windows(which: str, run_dir: Path, tokens_root: Path, suite: str) -> ValueError:
+    """The error for a suite that found none of the run's windows in ``tokens_root``."""
+    whose = {"val": f"its validation videos {run_meta(run_dir).get('val_videos')}",
+             "memorised": "the videos it trained on"}[which]  # fmt: skip
+    return ValueError(f"the {suite} suite has nothing to score: {tokens_root} holds none of "
+                      f"{whose} ({run_dir}). Pass --tokens DIR (evaluate_run's tokens_root) "
+                      "with the token root the run trained on")  # fmt: skip
+
+
 @torch.no_grad()
 def heldout_loss(model, layout: TokenLayout, windows: list[np.ndarray],
-                 batch_size: int = 4) -> dict:  # fmt: skip
+                 batch_size: int = 4, progress: bool = False) -> dict:  # fmt: skip
     """Cross-entropy per kind (`LOSS_KINDS`) over ``windows``, each target's softmax over its
     position's allowed ids (training's loss, unweighted), and its perplexity."""
+    from tqdm.auto import tqdm
+
     from .model import core_model, output_weight
     from .train import weighted_loss
 
+    if not windows:
+        raise ValueError("no windows to measure the held-out loss on")
     device = next(model.parameters()).device
     parts = torch.zeros(len(LOSS_KINDS), 2, dtype=torch.float64)
-    for start in range(0, len(windows), batch_size):
+    for start in tqdm(range(0, len(windows), batch_size), desc="held-out loss", leave=False,
+                      disable=not progress):  # fmt: skip
         part = windows[start : start + batch_size]
         length = max(len(w) for w in part)
         ids = torch.full((len(part), length), layout.text_pad_id, dtype=torch.long)
@@ -635,11 +684,12 @@ def heldout_loss(model, layout: TokenLayout, windows: list[np.ndarray],
 
 
 def sanity_items(memorised: list[np.ndarray], others: list[np.ndarray], layout: TokenLayout,
-                 count: int = 8, seed: int = 0) -> tuple[list[Item], list[list[np.ndarray]]]:
-    """Token-level items from the run's own windows: each memorised window (right) against the
-    same window with its audio frames shuffled (its text kept), and against another window's
-    audio under its text (``others``: held-out windows, else other training ones). Returns the
-    items and their clips' ids, ready for `score_items`."""
+                 count: int = SANITY_ITEMS, seed: int = 0,
+                 ) -> tuple[list[Item], list[list[np.ndarray]]]:  # fmt: skip
+    """Token-level items from the run's own windows: each of the first ``count`` memorised
+    windows (right) against the same window with its audio frames shuffled (its text kept),
+    and against another window's audio under its text (``others``: held-out windows, else
+    other training ones). Returns the items and their clips' ids, ready for `score_items`."""
     rng = np.random.default_rng(seed)
     lay = layout
     items, encoded = [], []
@@ -668,13 +718,16 @@ def sanity_items(memorised: list[np.ndarray], others: list[np.ndarray], layout: 
 
 def consistency(model, tokenizer: SpeechTokenizer, codec, aligner, prompts: list[np.ndarray],
                 prompt_s: float = 4.0, reply_s: float = 4.0, seed: int = 0,
-                decode: str = "eager") -> dict:  # fmt: skip
+                decode: str = "eager", progress: bool = False) -> dict:  # fmt: skip
     """Does the model say what it writes? For each prompt (a validation window), generate
     ``reply_s`` after its first ``prompt_s`` (sampled, seeded), transcribe the reply's audio
     with Whisper and compare with the model's own text for that span: the words it wrote at
     the reply boundary and in the reply's text slots, less the last ``text_lead_s`` (their
-    sound would come after the reply). Returns the word error rate over all prompts and each
-    reply's two texts."""
+    sound would come after the reply). Returns ``{"wer", "replies"}``: the word error rate over
+    all prompts (each reply weighted by its written words) and, per prompt, ``{"written",
+    "heard", "wer"}``. No prompts raise: a WER of nothing is no score."""
+    from tqdm.auto import tqdm
+
     from .align import word_error_rate
     from .audio import MIMI_SAMPLE_RATE_HZ, WHISPER_SAMPLE_RATE_HZ, resample
     from .generate import Sampling, lead_groups, respond
@@ -683,8 +736,11 @@ def consistency(model, tokenizer: SpeechTokenizer, codec, aligner, prompts: list
     p = max(1, int(round(prompt_s / lay.group_duration_s))) * lay.group_len
     keep_groups = max(0, int(round(reply_s / lay.group_duration_s))
                       - lead_groups(tokenizer.text_lead_s, lay))  # fmt: skip
+    if not prompts:
+        raise ValueError("consistency needs at least one prompt (a validation window)")
     rows, errors, words = [], 0.0, 0
-    for k, ids in enumerate(prompts):
+    for k, ids in enumerate(tqdm(prompts, desc="consistency", leave=False,
+                                 disable=not progress)):  # fmt: skip
         reply = respond(model, tokenizer, codec, np.asarray(ids)[:p], reply_s,
                         Sampling(seed=seed + k), stop_silence_s=None, decode=decode)
         said = np.asarray(reply.ids[: keep_groups * lay.group_len], dtype=np.int64)
@@ -770,12 +826,37 @@ def scope(suite: str, limit: int | None) -> int | None:
     return limit if suite in SUITES else None
 
 
+def checkpoint_identity(path: str | Path, step: int) -> str:
+    """What tells one checkpoint's weights from another's under the same name: its step and its
+    ``weights.pt``'s size and modification time. A resumed training that rewrites ``final/``
+    changes them, so its scores are measured again; hashing 14 GB of weights would cost
+    minutes. (A copy that does not keep modification times is scored again too.)"""
+    st = (Path(path) / "weights.pt").stat()
+    return f"step {step}, {st.st_size} B, mtime {st.st_mtime_ns} ns"
+
+
+def suite_source(suite: str, sources: dict | None, tokens_root: Path) -> str:
+    """Where ``suite``'s items come from: the run's token root for its own suites, else the
+    ``sources`` entry (a local directory, resolved) or the suite's hub id."""
+    if suite not in SUITES:
+        return str(Path(tokens_root).resolve())
+    given = (sources or {}).get(suite)
+    if given is None:
+        return SUITES[suite].hub_id
+    return str(Path(given).resolve()) if Path(given).exists() else str(given)
+
+
+def _done_key(r: dict) -> tuple:
+    return (r["checkpoint"], r["suite"], r.get("limit"), r.get("weights"), r.get("source"))
+
+
 def completed(rows: list[dict]) -> set[tuple]:
-    """``(checkpoint, suite, limit)`` whose metrics are all in ``rows`` (each row says how
-    many its group wrote: a run stopped while writing them is not done)."""
-    counts = Counter((r["checkpoint"], r["suite"], r.get("limit")) for r in rows)
-    return {k for r in rows for k in [(r["checkpoint"], r["suite"], r.get("limit"))]
-            if counts[k] >= r.get("of", 1)}  # fmt: skip
+    """``(checkpoint, suite, limit, weights, source)`` whose metrics are all in ``rows`` (each
+    row says how many its group wrote: a run stopped while writing them is not done).
+    ``weights``: `checkpoint_identity`; ``source``: `suite_source` (None in rows written
+    before they were recorded, so those are measured again)."""
+    counts = Counter(_done_key(r) for r in rows)
+    return {k for r in rows for k in [_done_key(r)] if counts[k] >= r.get("of", 1)}
 
 
 def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity", "demo"),
@@ -785,10 +866,13 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
                  max_batch_tokens: int | None = None, progress: bool = True) -> EvalResult:
     """Evaluate ``run_dir`` on ``suites`` (``loss``, ``sanity``, ``consistency`` and the
     likelihood suites of `SUITES`) for its ``checkpoints`` (``last`` or ``all``), appending to
-    ``RUN/eval.jsonl``. A (checkpoint, suite, limit) already there in full is skipped; a suite
-    stopped midway resumes at its first unscored item. ``sources``: suite name -> local dataset
-    directory (or another hub id); ``limit``: the first items of each suite (or SALMon task)
-    only, recorded with the rows (a quick look never stands in for the whole suite). Items
+    ``RUN/eval.jsonl``. A (checkpoint, suite, limit) already there in full, for the same
+    weights (`checkpoint_identity`: a rewritten ``final/`` is scored again) and the same source
+    (`suite_source`), is skipped; a suite stopped midway resumes at its first unscored item.
+    The run's own suites (loss, sanity, consistency) raise when ``tokens_root`` holds none of
+    its windows, rather than write no score or a perfect one. ``sources``: suite name -> local
+    dataset directory (or another hub id); ``limit``: the first items of each suite (or SALMon
+    task) only, recorded with the rows (a quick look never stands in for the whole suite). Items
     whose audio cannot be read are left out with their reason (``skipped`` in the rows)."""
     from .align import Aligner
     from .codec import Codec
@@ -824,7 +908,10 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
 
     with JsonlWriter(run_dir / "eval.jsonl") as writer:
         for name, step, path in chosen:
-            todo = [s for s in wanted if (name, s, scope(s, limit)) not in done]
+            weights = checkpoint_identity(path, step)
+            source = {s: suite_source(s, sources, tokens_root) for s in wanted}
+            todo = [s for s in wanted
+                    if (name, s, scope(s, limit), weights, source[s]) not in done]  # fmt: skip
             if not todo:
                 continue
             model, tokenizer = load_run(run_dir, models, device, checkpoint=path)
@@ -833,22 +920,33 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
             for suite in todo:
                 started = time.perf_counter()
                 skipped = 0
+                key = {"weights": weights, "source": source[suite]}
                 if suite == "loss":
                     windows = run_windows(run_dir, tokens_root, lay, "val")
-                    metrics = heldout_loss(model, lay, windows)
+                    if not windows:
+                        raise no_windows("val", run_dir, tokens_root, suite)
+                    metrics = heldout_loss(model, lay, windows, progress=progress)
                     n = metrics.pop("windows")
                 elif suite == "sanity":
-                    memorised = run_windows(run_dir, tokens_root, lay, "memorised")
-                    others = run_windows(run_dir, tokens_root, lay, "val")
-                    items, encoded = sanity_items(memorised, others, lay)
+                    memorised = run_windows(run_dir, tokens_root, lay, "memorised",
+                                            limit=SANITY_ITEMS + 1)  # fmt: skip
+                    if not memorised:
+                        raise no_windows("memorised", run_dir, tokens_root, suite)
+                    others = run_windows(run_dir, tokens_root, lay, "val", limit=SANITY_ITEMS)
+                    items, encoded = sanity_items(memorised, others, lay, SANITY_ITEMS)
                     lines = score_items(model, lay, encoded, items,
                                         eval_dir / name / "sanity.jsonl", variants=("text",),
-                                        max_batch_tokens=max_batch_tokens, progress=progress)
+                                        max_batch_tokens=max_batch_tokens, progress=progress,
+                                        key=key)  # fmt: skip
                     metrics, n = accuracies(lines), len(lines)
                 elif suite == "consistency":
+                    prompts = run_windows(run_dir, tokens_root, lay, "val",
+                                          limit=consistency_prompts)  # fmt: skip
+                    if not prompts:
+                        raise no_windows("val", run_dir, tokens_root, suite)
                     codec, aligner = tools(aligner=True)
-                    prompts = run_windows(run_dir, tokens_root, lay, "val")[:consistency_prompts]
-                    out = consistency(model, lay_tok, codec, aligner, prompts)
+                    out = consistency(model, lay_tok, codec, aligner, prompts,
+                                      progress=progress)  # fmt: skip
                     metrics, n = {"wer": out["wer"]}, len(out["replies"])
                     write_json_atomic(eval_dir / name / "consistency.json", out)
                 else:
@@ -857,13 +955,13 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
                     untold = any(c.words is None for it in items for c in it.clips)
                     codec, aligner = tools(aligner=untold)
                     store = EncodedSuite(eval_dir / "encoded" / suite)  # a limit: its first blocks
-                    key = {"mimi": str(models.mimi), "whisper": str(models.whisper) if untold
-                           else None}  # fmt: skip
-                    encoded = store.build(items, codec, lay_tok, aligner, progress, key)
+                    made = {"mimi": str(models.mimi), "source": source[suite],
+                            "whisper": str(models.whisper) if untold else None}  # fmt: skip
+                    encoded = store.build(items, codec, lay_tok, aligner, progress, made)
                     lines = score_items(model, lay, encoded, items,
                                         eval_dir / name / f"{suite}.jsonl",
                                         max_batch_tokens=max_batch_tokens, progress=progress,
-                                        errors=store.errors)  # fmt: skip
+                                        errors=store.errors, key=key)  # fmt: skip
                     skipped = sum("error" in r for r in lines)
                     metrics, n = accuracies(lines), len(lines) - skipped
                 seconds = time.perf_counter() - started
@@ -876,7 +974,7 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
                 for metric, value in metrics.items():  # "of": a group cut short is done again
                     row = {"checkpoint": name, "step": step, "suite": suite, "metric": metric,
                            "value": value, "n": n, **extra, "seconds": round(seconds, 2),
-                           "of": len(metrics)}  # fmt: skip
+                           "of": len(metrics), **key}  # fmt: skip
                     writer.write(row)
                     result.rows.append(row)
             del model
@@ -887,7 +985,7 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
 def explain_item(model, tokenizer: SpeechTokenizer, codec, item: Item, aligner=None) -> dict:
     """One item laid open: each clip's words, token ids, log-probability per audio token and
     mean over the semantic codebook and over all codebooks, with the text slots as trained
-    and all ``TEXT_PAD``; and the verdicts `score_items` would give."""
+    and all ``TEXT_PAD``; and the verdicts `score_items` gives (`right_wins`)."""
     lay = tokenizer.layout
     encoded = encode_clips(item.clips, codec, tokenizer, aligner)
     out = {"id": item.id, "subset": item.subset, "correct": item.correct, "clips": []}
@@ -901,9 +999,9 @@ def explain_item(model, tokenizer: SpeechTokenizer, codec, item: Item, aligner=N
                             "semantic": float(np.nanmean(np.where(kinds == 1, logp, np.nan))),
                             "all": float(np.nanmean(logp))}  # fmt: skip
         out["clips"].append(row)
-    for variant in VARIANTS:
+    for variant in VARIANTS:  # the verdicts as `score_items` gives them (ties are wrong)
         means = [[c[variant][span] for span in SPANS] for c in out["clips"]]
-        out[variant] = {span: item.correct == int(np.argmax([m[k] for m in means]))
+        out[variant] = {span: right_wins([m[k] for m in means], item.correct)
                         for k, span in enumerate(SPANS)}  # fmt: skip
     return out
 

@@ -33,11 +33,10 @@ def clip(tok, groups, seed, text=True):
     return tok.encode(codes, words).ids
 
 
-def test_a_clips_score_is_its_audio_tokens_log_likelihood_by_hand(lm, tok):
-    lay = tok.layout
-    ids = clip(tok, 3, seed=1)
-    got = evaluate.clip_logprobs(lm, lay, [ids])[0]
-    with torch.no_grad():  # transformers' own logits over the whole vocabulary
+def by_hand(lm, lay, ids) -> list:
+    """A clip's semantic sum and count, all-codebook sum and count, from transformers' own
+    logits over the whole vocabulary, one position at a time."""
+    with torch.no_grad():
         logits = lm(torch.as_tensor(ids)[None]).logits[0].double()
     kinds = lay.kinds(ids.size)
     sem = total = 0.0
@@ -50,8 +49,47 @@ def test_a_clips_score_is_its_audio_tokens_log_likelihood_by_hand(lm, tok):
         total, n_all = total + logp, n_all + 1
         if kinds[p] == 1:
             sem, n_sem = sem + logp, n_sem + 1
-    assert (n_sem, n_all) == (15, 60)
-    np.testing.assert_allclose(got, [sem, n_sem, total, n_all], rtol=1e-5)
+    return [sem, n_sem, total, n_all]
+
+
+def test_a_clips_score_is_its_audio_tokens_log_likelihood_by_hand(lm, tok):
+    lay = tok.layout
+    ids = clip(tok, 3, seed=1)
+    got = evaluate.clip_logprobs(lm, lay, [ids])[0]
+    hand = by_hand(lm, lay, ids)
+    assert hand[1::2] == [15, 60]
+    np.testing.assert_allclose(got, hand, rtol=1e-5)
+
+
+def test_a_pairs_verdict_equals_a_hand_computation_of_its_log_likelihoods(lm, tok, tmp_path):
+    lay = tok.layout
+    pair = [clip(tok, 3, seed=4), clip(tok, 2, seed=5)]  # clips of different lengths
+    items = [evaluate.Item("right-first", [evaluate.Clip(b"")] * 2, correct=0),
+             evaluate.Item("right-second", [evaluate.Clip(b"")] * 2, correct=1)]  # fmt: skip
+    lines = evaluate.score_items(lm, lay, [pair, pair], items, tmp_path / "s.jsonl",
+                                 progress=False)  # fmt: skip
+    for variant in evaluate.VARIANTS:
+        clips = pair if variant == "text" else [evaluate.speech_only(c, lay) for c in pair]
+        hand = [by_hand(lm, lay, c) for c in clips]
+        for span, (s, n) in zip(evaluate.SPANS, ((0, 1), (2, 3))):
+            means = [h[s] / h[n] for h in hand]  # mean log-likelihood per audio token
+            assert abs(means[0] - means[1]) > 1e-3  # no near-tie: the verdict is decided
+            for line, correct in zip(lines, (0, 1)):
+                got = line[variant][span]
+                np.testing.assert_allclose(got["means"], means, rtol=1e-5)
+                assert got["right"] == (means[correct] > means[1 - correct])
+            assert lines[0][variant][span]["right"] != lines[1][variant][span]["right"]
+
+
+def test_explaining_an_item_applies_the_scoring_tie_rule(lm, tok, codec):
+    wav = 0.1 * np.random.default_rng(6).standard_normal(24_000).astype(np.float32)
+    same = evaluate.Clip(wav, 24_000)
+    item = evaluate.Item("tie", [same, same], correct=0)  # two equal clips: a tie
+    explained = evaluate.explain_item(lm, tok, codec, item)
+    means = [c["text"]["semantic"] for c in explained["clips"]]
+    assert means[0] == pytest.approx(means[1])
+    assert explained["text"] == {"semantic": False, "all": False}  # argmax would say right
+    assert evaluate.right_wins([-1.0, -2.0], 0) and not evaluate.right_wins([-1.0, -1.0], 0)
 
 
 def test_a_clip_is_scored_on_its_own_frames_not_the_padding_to_a_whole_group(lm, tok, codec):
@@ -182,13 +220,17 @@ def test_a_metric_group_cut_short_is_not_done_and_a_rerun_replaces_it(tmp_path):
     row = {"checkpoint": "final", "step": 1, "suite": "demo", "value": 0.5, "of": 2}
     lines = [{**row, "metric": "acc_a"}]
     assert evaluate.completed(lines) == set()  # stopped before its second metric
+    mine = {"weights": "w1", "source": "s1"}
+    assert evaluate.completed([{**r, **mine, "of": 1} for r in lines]) == \
+        {("final", "demo", None, "w1", "s1")}  # fmt: skip
     lines += [{**row, "metric": "acc_a", "value": 0.6}, {**row, "metric": "acc_b"},
               {**row, "metric": "acc_a", "limit": 10, "of": 1}]  # fmt: skip
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     rows = evaluate.read_eval(tmp_path)
     assert [(r["metric"], r["value"], r.get("limit")) for r in rows] == \
         [("acc_a", 0.6, None), ("acc_b", 0.5, None), ("acc_a", 0.5, 10)]  # fmt: skip
-    assert evaluate.completed(rows) == {("final", "demo", None), ("final", "demo", 10)}
+    assert evaluate.completed(rows) == {("final", "demo", None, None, None),
+                                        ("final", "demo", 10, None, None)}  # fmt: skip
     (table,) = evaluate.pivot(rows, "demo")
     assert (table["a"], table["b"]) == (60.0, 50.0)  # the whole suite's, not the quick look's
 
@@ -205,8 +247,9 @@ def test_scoring_resumes_where_it_stopped(lm, tok, tmp_path, monkeypatch):
     items = [evaluate.Item(f"i{k}", [evaluate.Clip(b"")] * 2) for k in range(5)]
     encoded = [[clip(tok, 2, seed=10 + k), clip(tok, 2, seed=20 + k)] for k in range(5)]
     out = tmp_path / "suite.jsonl"
+    parts = dict(max_batch_tokens=88, forwards_per_write=2)  # 2 items (88 tokens each) a part
     once = evaluate.score_items(lm, tok.layout, encoded, items, tmp_path / "once.jsonl",
-                                batch_items=2, progress=False)  # fmt: skip
+                                progress=False, **parts)  # fmt: skip
     real, calls = evaluate.clip_logprobs, []
 
     def stop_after_two_batches(*args, **kwargs):
@@ -217,15 +260,35 @@ def test_scoring_resumes_where_it_stopped(lm, tok, tmp_path, monkeypatch):
 
     monkeypatch.setattr(evaluate, "clip_logprobs", stop_after_two_batches)
     with pytest.raises(KeyboardInterrupt):
-        evaluate.score_items(lm, tok.layout, encoded, items, out, batch_items=2, progress=False)
+        evaluate.score_items(lm, tok.layout, encoded, items, out, progress=False, **parts)
     assert len(list(evaluate.read_jsonl(out))) == 4
     calls.clear()
     monkeypatch.setattr(evaluate, "clip_logprobs", real)
-    again = evaluate.score_items(lm, tok.layout, encoded, items, out, batch_items=2,
-                                 progress=False)  # fmt: skip
+    again = evaluate.score_items(lm, tok.layout, encoded, items, out, progress=False, **parts)
     assert again == once and len(list(evaluate.read_jsonl(out))) == 5
+    other = evaluate.score_items(lm, tok.layout, encoded, items, out, progress=False,
+                                 key={"weights": "rewritten"}, **parts)  # fmt: skip
+    assert len(list(evaluate.read_jsonl(out))) == 10  # scored again under another key
+    assert all(r["key"] == {"weights": "rewritten"} for r in other)
 
 
+def test_short_clips_fill_the_token_budget_not_a_fixed_number_of_items(lm, tok, tmp_path,
+                                                                       monkeypatch):  # fmt: skip
+    items = [evaluate.Item(f"i{k}", [evaluate.Clip(b"")] * 2) for k in range(100)]
+    encoded = [[clip(tok, 1, seed=k), clip(tok, 1, seed=100 + k)] for k in range(100)]
+    real, rows = evaluate.audio_logprobs, []
+
+    def count(core, weight, layout, ids):
+        rows.append(ids.shape[0])
+        return real(core, weight, layout, ids)
+
+    monkeypatch.setattr(evaluate, "audio_logprobs", count)
+    evaluate.score_items(lm, tok.layout, encoded, items, tmp_path / "s.jsonl", variants=("text",),
+                         max_batch_tokens=200 * 22, progress=False)  # fmt: skip
+    assert rows == [200]  # all 200 clips of 22 tokens in one forward of the budget
+
+
+@pytest.mark.pipeline  # it trains and reads the notebooks' run
 def test_the_demo_run_passes_its_sanity_suite_and_evaluation_resumes(tiny_models, tmp_path):
     from speechlm_utils.config import TokenizeConfig
     from speechlm_utils.preprocess import ensure_tokens
@@ -250,6 +313,39 @@ def test_the_demo_run_passes_its_sanity_suite_and_evaluation_resumes(tiny_models
                                   models=tiny_models, progress=False)  # fmt: skip
     assert (run / "eval.jsonl").read_text().splitlines() == lines  # nothing run twice
     assert again.rows == [json.loads(x) for x in lines]
+
+    weights = run / "final" / "weights.pt"  # a resumed training rewrites final/
+    torch.save(torch.load(weights, weights_only=True), weights)
+    rewritten = evaluate.evaluate_run(run, ["sanity"], tokens_root=tokens, models=tiny_models,
+                                      progress=False)  # fmt: skip
+    new = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()[len(lines):]]
+    assert {r["suite"] for r in new} == {"sanity"} and len(new) == len(got)  # scored again
+    assert new[0]["weights"] != json.loads(lines[0])["weights"]
+    assert evaluate.pivot(rewritten.rows, "sanity")[0]["text_semantic"] == 100.0
+    lines = (run / "eval.jsonl").read_text().splitlines()
+
+    empty = tmp_path / "moved"  # tokens that moved (or another run's): an error, no score
+    with pytest.raises(FileNotFoundError, match="--tokens"):
+        evaluate.evaluate_run(run, ["consistency"], tokens_root=empty, models=tiny_models,
+                              progress=False)  # fmt: skip
+    empty.mkdir()
+    (empty / "manifest.jsonl").write_text("")
+    for suite in ("loss", "sanity", "consistency"):
+        with pytest.raises(ValueError, match=f"{empty}.*--tokens"):
+            evaluate.evaluate_run(run, [suite], tokens_root=empty, models=tiny_models,
+                                  progress=False)  # fmt: skip
+    assert (run / "eval.jsonl").read_text().splitlines() == lines
+
+    said = evaluate.evaluate_run(run, ["consistency"], tokens_root=tokens, models=tiny_models,
+                                 consistency_prompts=2, progress=False)  # fmt: skip
+    out = evaluate.read_consistency(run)
+    assert len(out["replies"]) == 2 and all(set(r) == {"written", "heard", "wer"}
+                                            for r in out["replies"])  # fmt: skip
+    words = [max(1, len(r["written"].split())) for r in out["replies"]]
+    assert out["wer"] == pytest.approx(np.dot(words, [r["wer"] for r in out["replies"]])
+                                       / sum(words))  # weighted by the words written
+    (wer,) = [r for r in said.rows if r["suite"] == "consistency"]
+    assert (wer["metric"], wer["value"], wer["n"]) == ("wer", out["wer"], 2)
     from speechlm_utils.__main__ import main
 
     shutil.copytree(trained / "final", run / "checkpoints" / "step-0000001")
@@ -258,7 +354,8 @@ def test_the_demo_run_passes_its_sanity_suite_and_evaluation_resumes(tiny_models
           "--checkpoints", "all"])  # the CLI: only the new checkpoint is scored
     rows = evaluate.read_eval(run)
     assert {(r["checkpoint"], r["suite"]) for r in rows} == \
-        {("final", "sanity"), ("final", "loss"), ("step-0000001", "sanity")}  # fmt: skip
+        {("final", "sanity"), ("final", "loss"), ("final", "consistency"),
+         ("step-0000001", "sanity")}  # fmt: skip
 
     import datasets  # a local suite with one corrupt recording: left out, with its reason
 
@@ -281,6 +378,16 @@ def test_the_demo_run_passes_its_sanity_suite_and_evaluation_resumes(tiny_models
     assert "clip 1" in bad[0]["error"] and "ffmpeg" in bad[0]["error"]
     assert "1 unreadable items skipped" in whole.table()
 
+    demo.save_to_disk(str(tmp_path / "fixed"))  # the same item ids from another source
+    fixed = evaluate.evaluate_run(run, ["demo"], tokens_root=tokens, models=tiny_models,
+                                  progress=False, sources={"demo": tmp_path / "fixed"})  # fmt: skip
+    assert fixed.rows[-1]["source"] == str((tmp_path / "fixed").resolve())
+    mine = [r for r in evaluate.read_eval(run) if r["suite"] == "demo" and not r.get("limit")]
+    assert mine and all(r["n"] == 5 and "skipped" not in r for r in mine)  # not the old scores
+    assert all(r["source"] == str((tmp_path / "fixed").resolve()) for r in mine)
+    meta = json.loads((run / "eval" / "encoded" / "demo" / "meta.json").read_text())
+    assert meta["source"] == str((tmp_path / "fixed").resolve())
+
 
 def test_the_evaluation_plot_draws_each_suite_against_its_chance():
     from speechlm_utils import viz
@@ -302,3 +409,51 @@ def test_the_evaluation_plot_draws_each_suite_against_its_chance():
     guesses = {round(line.get_ydata()[0], 2) for line in ax_loss.lines
                if line.get_linestyle() == ":"}  # fmt: skip
     assert guesses == {round(np.log(2048), 2), round(np.log(32001), 2)}
+
+
+def _token_root(tmp_path, tok, videos: dict[str, int], stored: set[str]):
+    """A token root of one piece per video (``videos``: id -> groups), the ``.npy`` written only
+    for ``stored`` ones (the others' files are missing: reading them fails)."""
+    root = tmp_path / "tokens"
+    root.mkdir()
+    lines = []
+    for k, (vid, groups) in enumerate(videos.items()):
+        ids = clip(tok, groups, seed=30 + k)
+        if vid in stored:
+            np.save(root / f"{vid}.npy", ids)
+        lines += [{"type": "piece", "video_id": vid, "stream": 0, "piece": 0, "status": "ok",
+                   "tokens": f"{vid}.npy", "n_tokens": int(ids.size), "start_s": 0.0},
+                  {"type": "video", "video_id": vid}]  # fmt: skip
+    (root / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return root
+
+
+def test_the_sanity_suite_reads_only_the_windows_it_needs(tok, tmp_path):
+    lay = tok.layout
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"val_videos": ["v"],
+                                              "recipe": {"seq_len": 2 * lay.group_len}}))
+    root = _token_root(tmp_path, tok, {"a": 5, "b": 5, "c": 5, "v": 3}, stored={"a", "v"})
+    first = evaluate.run_windows(run, root, lay, "memorised", limit=2)  # 2 of a's 3 windows
+    a = np.load(root / "a.npy")
+    assert [w.tolist() for w in first] == [a[:44].tolist(), a[44:88].tolist()]
+    with pytest.raises(FileNotFoundError):  # all of them: b's and c's files too
+        evaluate.run_windows(run, root, lay, "memorised")
+    assert len(evaluate.run_windows(run, root, lay, "val")) == 2
+
+
+def test_a_token_root_without_the_runs_windows_is_an_error_naming_the_fix(tok, tmp_path):
+    lay = tok.layout
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"val_videos": ["v"], "recipe": {"seq_len": 44}}))
+    moved = tmp_path / "drive" / "tokens"  # e.g. a Colab Drive path that is gone
+    with pytest.raises(FileNotFoundError, match=f"{moved}.*--tokens"):
+        evaluate.run_windows(run, moved, lay, "val")
+    other = _token_root(tmp_path, tok, {"a": 5}, stored={"a"})  # another run's tokens
+    assert evaluate.run_windows(run, other, lay, "val") == []
+    err = evaluate.no_windows("val", run, other, "loss")
+    assert "['v']" in str(err) and str(other) in str(err) and "--tokens" in str(err)
+    with pytest.raises(ValueError, match="at least one prompt"):
+        evaluate.consistency(None, tok, None, None, [])  # never a WER of 0 for no replies
