@@ -1,6 +1,8 @@
-"""Stage 07 benchmark: likelihood pairs scored per second, batched (clips sorted by length and
-packed up to a token budget, `evaluate.clip_logprobs`) against one pair at a time, for clips
-as long as each suite's; then the estimate for the full suites on one GPU
+"""Stage 07 benchmark: likelihood pairs scored per second, both variants (text slots as
+trained, speech only), through the path the CLI runs (`evaluate.score_items`: items taken in
+parts of a few token budgets, their clips sorted by length and packed up to the budget,
+`evaluate.clip_logprobs`, each item's line written) against one clip per forward, for clips as
+long as each suite's; then the estimate for the full suites on one GPU
 (`evaluate.suite_cost_plan`).
 
     python benchmarks/bench_evaluate.py [--shape tiny|mid|7b] [--device cuda] [--pairs 64]
@@ -14,7 +16,9 @@ ratio that matters is a GPU's, where one short clip per forward leaves it mostly
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -86,21 +90,28 @@ def main() -> None:
     model = build_model(args.shape, tok.layout, device)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"model: {args.shape} ({params:.0f} M parameters) on {device}; batch budget "
-          f"{budget} tokens; best of {args.repeats}")
+          f"{budget} tokens; both variants per pair; best of {args.repeats}")
     rng = np.random.default_rng(0)
     print(f"{'clips like':16s} {'clip s':>6s} {'pairs':>5s} {'one at a time':>14s} "
           f"{'batched':>9s} {'ratio':>6s}")
     for name, seconds in SUITE_CLIP_S.items():
         pairs = args.pairs if seconds < 10 else max(4, args.pairs // 4)
         clips = clips_of(tok, seconds, pairs, rng)
+        encoded = [clips[k : k + 2] for k in range(0, len(clips), 2)]
+        items = [evaluate.Item(f"{k}", [evaluate.Clip(b"")] * 2) for k in range(pairs)]
         evaluate.clip_logprobs(model, tok.layout, clips[:2], budget)  # warm-up
 
-        def one_by_one(clips=clips):
-            for k in range(0, len(clips), 2):  # a clip per forward, as a simple loop does
-                evaluate.clip_logprobs(model, tok.layout, clips[k : k + 2], 1)
+        def one_by_one(encoded=encoded):
+            for pair in encoded:  # a clip per forward, as a simple loop does
+                for variant in evaluate.VARIANTS:
+                    seq = pair if variant == "text" else \
+                        [evaluate.speech_only(c, tok.layout) for c in pair]  # fmt: skip
+                    evaluate.clip_logprobs(model, tok.layout, seq, 1)
 
-        def batched(clips=clips):
-            evaluate.clip_logprobs(model, tok.layout, clips, budget)
+        def batched(encoded=encoded, items=items):
+            with tempfile.TemporaryDirectory() as tmp:  # each repeat scores from scratch
+                evaluate.score_items(model, tok.layout, encoded, items, Path(tmp) / "s.jsonl",
+                                     max_batch_tokens=budget, progress=False)  # fmt: skip
 
         alone = min(timed(one_by_one, device) for _ in range(args.repeats))
         together = min(timed(batched, device) for _ in range(args.repeats))

@@ -323,18 +323,18 @@ class EncodedSuite:
     """A suite's token streams on disk, in blocks of items written atomically (a stopped
     encoding resumes at the first missing block). ``clips[i]`` are item i's clips' ids;
     ``errors``: item id -> why it could not be encoded (`encode_clips`), for every item left
-    out. ``meta.json`` records what the streams depend on (the layout's fingerprint, the codec
-    and Whisper named by the caller, the store's format): a store made otherwise is encoded
-    again rather than scored as if it were this one."""
+    out. Blocks are counted within each subset (SALMon's tasks), so the first N items of each
+    (a ``--limit`` run) lie at the start of the whole suite's blocks: a limited run reads what
+    a whole one encoded, and a whole one re-encodes at most the last block of each subset a
+    limited one wrote. ``meta.json`` records what the streams depend on (the layout's
+    fingerprint, the codec, Whisper and source named by the caller, the store's format): a
+    store made otherwise is encoded again rather than scored as if it were this one."""
 
-    FORMAT = 2  # 2: ids end with the last real frame; items that failed to encode kept apart
+    FORMAT = 3  # 2: ids end with the last real frame, failed items kept apart; 3: per subset
 
     def __init__(self, root: Path, block: int = 64):
         self.root, self.block = Path(root), block
         self.errors: dict[str, str] = {}
-
-    def _path(self, b: int) -> Path:
-        return self.root / f"block-{b:05d}.npz"
 
     def _fresh(self, key: dict) -> None:
         """Remove blocks encoded under another ``key`` (or format), then record ``key``."""
@@ -346,12 +346,29 @@ class EncodedSuite:
             old.unlink()
         write_json_atomic(path, meta)
 
-    def _block_ok(self, b: int, part: list[Item]) -> bool:
-        path = self._path(b)
+    def _blocks(self, items: list[Item]) -> list[tuple[Path, list[int]]]:
+        """Each block's file and its items' indices in ``items``, ``block`` items of one
+        subset a block."""
+        import re
+
+        by_subset: dict[str, list[int]] = {}
+        for i, it in enumerate(items):
+            by_subset.setdefault(it.subset, []).append(i)
+        out = []
+        for subset, index in by_subset.items():
+            tag = re.sub(r"[^\w.-]", "_", subset) + "-" if subset else ""
+            for b in range(0, len(index), self.block):
+                path = self.root / f"block-{tag}{b // self.block:05d}.npz"
+                out.append((path, index[b : b + self.block]))
+        return out
+
+    @staticmethod
+    def _holds(path: Path, ids: list[str]) -> bool:
+        """Whether the block at ``path`` starts with the items ``ids``."""
         if not path.exists():
             return False
         with np.load(path) as z:
-            return list(z["item_ids"]) == [it.id for it in part]
+            return list(z["item_ids"][: len(ids)]) == ids
 
     def build(self, items: list[Item], codec, tokenizer, aligner=None, progress: bool = True,
               key: dict | None = None) -> list[list[np.ndarray]]:  # fmt: skip
@@ -361,10 +378,11 @@ class EncodedSuite:
 
         self.root.mkdir(parents=True, exist_ok=True)
         self._fresh({"layout": tokenizer.fingerprint(), **(key or {})})
-        starts = range(0, len(items), self.block)
-        todo = [b for b in starts if not self._block_ok(b // self.block, items[b : b + self.block])]
-        for b in tqdm(todo, desc=f"encode {self.root.name}", disable=not progress or not todo):
-            part = items[b : b + self.block]
+        todo = [(path, index) for path, index in self._blocks(items)
+                if not self._holds(path, [items[i].id for i in index])]  # fmt: skip
+        for path, index in tqdm(todo, desc=f"encode {self.root.name}",
+                                disable=not progress or not todo):  # fmt: skip
+            part = [items[i] for i in index]
             clips = [c for it in part for c in it.clips]
             failed: dict[int, str] = {}
             ids = encode_clips(clips, codec, tokenizer, aligner, errors=failed)
@@ -374,27 +392,27 @@ class EncodedSuite:
                 bad = [f"clip {k}: {failed[at + k]}" for k in range(n) if at + k in failed]
                 reasons.append("; ".join(bad))
                 at += n
-            tmp = self.root / f".tmp-{b // self.block:05d}.npz"
+            tmp = path.with_name(".tmp-" + path.name)
             with tmp.open("wb") as f:
                 np.savez(f, ids=np.concatenate(ids), lengths=[len(x) for x in ids],
                          counts=counts, item_ids=np.array([it.id for it in part]),
                          errors=np.array(reasons))  # fmt: skip
-            tmp.replace(self._path(b // self.block))
+            tmp.replace(path)
         return self.load(items)
 
     def load(self, items: list[Item]) -> list[list[np.ndarray]]:
-        out = []
+        out: list = [None] * len(items)
         self.errors = {}
-        for b in range(0, len(items), self.block):
-            with np.load(self._path(b // self.block)) as z:
-                ids = [it.id for it in items[b : b + self.block]]
-                if list(z["item_ids"]) != ids:
+        for path, index in self._blocks(items):
+            ids = [items[i].id for i in index]
+            with np.load(path) as z:
+                if list(z["item_ids"][: len(ids)]) != ids:
                     raise ValueError(f"{self.root} holds other items than this suite's: "
                                      "remove it to encode the suite again")  # fmt: skip
                 flat = np.split(z["ids"], np.cumsum(z["lengths"])[:-1])
                 at = 0
-                for item_id, c, why in zip(ids, z["counts"], z["errors"]):
-                    out.append(flat[at : at + c])
+                for i, item_id, c, why in zip(index, ids, z["counts"], z["errors"]):
+                    out[i] = flat[at : at + c]
                     at += c
                     if why:
                         self.errors[item_id] = str(why)
@@ -1091,8 +1109,9 @@ SUITE_SIZES = {"swuggy": (None, 1.0), "sblimp": (25_200, 2.8), "sstorycloze": (1
 def suite_cost_plan(mfu: float = 0.4, per_items: int = 1000) -> list[dict]:
     """GPU minutes to score each full suite with 7B (both variants, two clips an item), from
     FLOPs: a forward costs 2N per token, at ``mfu`` of the GPU's dense bf16 peak. sWUGGY, whose
-    size we do not know, per ``per_items`` items. Mimi and Whisper encode each clip once more
-    (not included; stage 03's rates apply)."""
+    size we do not know, per ``per_items`` items. Before the first checkpoint is scored, Mimi
+    and Whisper encode each clip once per run: not in the minutes (stage 03's rates apply, not
+    measured on a GPU); ``audio h`` says how much audio that is."""
     from .train import GPU_BF16_TFLOPS, MISTRAL_7B, mistral_params
 
     counts = mistral_params(vocab=40256, **MISTRAL_7B)
@@ -1102,7 +1121,8 @@ def suite_cost_plan(mfu: float = 0.4, per_items: int = 1000) -> list[dict]:
         n = items or per_items
         tokens = n * 2 * len(VARIANTS) * clip_s * 55.0
         row = {"suite": suite if items else f"{suite} (per {per_items} items)", "items": n,
-               "clip_s (assumed)": clip_s, "tokens (M)": round(tokens / 1e6, 1)}  # fmt: skip
+               "clip_s (assumed)": clip_s, "audio h": round(n * 2 * clip_s / 3600, 1),
+               "tokens (M)": round(tokens / 1e6, 1)}  # fmt: skip
         for gpu, tflops in GPU_BF16_TFLOPS.items():
             row[f"{gpu} min"] = round(tokens * flops_per_token / (tflops * 1e12 * mfu) / 60, 1)
         rows.append(row)

@@ -211,9 +211,20 @@ def test_an_encoded_suite_made_otherwise_is_encoded_again(tok, tmp_path, monkeyp
     store.build(items, None, tok, key={"mimi": "a"}, progress=False)
     assert calls == [4, 4, 2]  # three blocks, encoded once
     store.build(items[:3], None, tok, key={"mimi": "a"}, progress=False)
-    assert calls[3:] == [2]  # a limit's last block holds fewer items: that block only
+    assert calls[3:] == []  # a limit reads the whole suite's blocks
     store.build(items, None, tok, key={"mimi": "b"}, progress=False)
-    assert calls[4:] == [4, 4, 2]  # another Mimi: every block again
+    assert calls[3:] == [4, 4, 2]  # another Mimi: every block again
+    calls.clear()
+    tasks = [evaluate.Item(f"{t}/{k}", [evaluate.Clip(b"")] * 2, subset=t)
+             for t in ("gender", "room") for k in range(3)]  # SALMon-like: 3 items per task
+    limited = [it for it in tasks if it.id.endswith(("/0", "/1"))]  # --limit 2 per task
+    store = evaluate.EncodedSuite(tmp_path / "tasks", block=2)
+    store.build(limited, None, tok, key={"mimi": "a"}, progress=False)
+    assert calls == [4, 4]  # block 0 of each task
+    whole = store.build(tasks, None, tok, key={"mimi": "a"}, progress=False)
+    assert calls[2:] == [2, 2] and len(whole) == 6  # only each task's second block
+    store.build(limited, None, tok, key={"mimi": "a"}, progress=False)
+    assert calls[4:] == []  # and a limit after the whole suite encodes nothing
 
 
 def test_a_metric_group_cut_short_is_not_done_and_a_rerun_replaces_it(tmp_path):
