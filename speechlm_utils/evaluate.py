@@ -905,7 +905,6 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
     max_batch_tokens = max_batch_tokens or (32768 if device.startswith("cuda") else 4096)
     eval_dir = run_dir / "eval"
     done = completed(read_eval(run_dir))
-    result = EvalResult(read_eval(run_dir))
     wanted = list(dict.fromkeys(suites))
     unknown = [s for s in wanted if s not in SUITES and s not in ("loss", "sanity", "consistency")]
     if unknown:
@@ -994,10 +993,9 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
                            "value": value, "n": n, **extra, "seconds": round(seconds, 2),
                            "of": len(metrics), **key}  # fmt: skip
                     writer.write(row)
-                    result.rows.append(row)
             del model
             release_memory()  # the next checkpoint loads into the memory this one held
-    return result
+    return EvalResult(read_eval(run_dir))  # a metric measured again: its latest row
 
 
 def explain_item(model, tokenizer: SpeechTokenizer, codec, item: Item, aligner=None) -> dict:

@@ -976,7 +976,7 @@ def plot_evaluation(rows: list[dict], chance: dict[str, float] | None = None,
 def plot_item_logprobs(layout, explained: dict, variant: str = "text"):
     """One likelihood item (`evaluate.explain_item`): each clip's log-probability of every
     semantic code (codebook 0) over time, its mean as a dashed line: the item is right when
-    the right clip's mean is the highest."""
+    the right clip's mean beats every other's (a tie is wrong), the verdict in the title."""
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(12, 3.4))
@@ -998,7 +998,8 @@ def plot_item_logprobs(layout, explained: dict, variant: str = "text"):
     ax.set_xlabel("time in the clip (s)")
     ax.set_ylabel("log p(semantic code)")
     how = "text slots as trained" if variant == "text" else "speech only (text slots padded)"
-    ax.set_title(f"{explained['id']}: {how}")
+    verdict = "right" if explained[variant]["semantic"] else "wrong"
+    ax.set_title(f"{explained['id']}: {how}, semantic codebook: {verdict}")
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig

@@ -332,6 +332,7 @@ def test_the_demo_run_passes_its_sanity_suite_and_evaluation_resumes(tiny_models
     new = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()[len(lines):]]
     assert {r["suite"] for r in new} == {"sanity"} and len(new) == len(got)  # scored again
     assert new[0]["weights"] != json.loads(lines[0])["weights"]
+    assert [r for r in rewritten.rows if r["suite"] == "sanity"] == new  # the latest rows only
     assert evaluate.pivot(rewritten.rows, "sanity")[0]["text_semantic"] == 100.0
     lines = (run / "eval.jsonl").read_text().splitlines()
 
