@@ -20,9 +20,10 @@ A run is judged on every saved checkpoint by:
   text channel (word error rate), from validation prompts.
 
 Results: ``RUN/eval.jsonl``, one line per checkpoint, suite and metric; each item's scores in
-``RUN/eval/<checkpoint>/<suite>.jsonl`` (appended per batch, so a stopped evaluation resumes
-where it was); the suites' token streams in ``RUN/eval/encoded/<suite>/`` (encoded once, scored
-for every checkpoint).
+``RUN/eval/<checkpoint>/<suite>.jsonl`` (appended per part, so a stopped evaluation resumes
+where it was; each line keyed by the checkpoint's weights and the suite's source, so a rewritten
+checkpoint or another source is scored again); the suites' token streams in
+``RUN/eval/encoded/<suite>/`` (encoded once, scored for every checkpoint).
 """
 
 from __future__ import annotations
