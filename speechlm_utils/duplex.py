@@ -861,10 +861,10 @@ def train_config(layout, profile: str | None = None, **overrides) -> TrainConfig
     weights = tuple(cfg.loss_weights[:4]) + (cfg.loss_weights[4:5] or (0.0,))
     if cfg.profile == "full":
         fields = {"seq_len": 4096 // layout.group_len * layout.group_len, "epochs": 2.0}
-    else:  # memorise one chunk, seen whole at every step (80 steps: about 40 s on 2 cores)
+    else:  # memorise one chunk, seen whole at every step
         groups = round(TINY_VIDEO_S / layout.group_duration_s)
         fields = {"seq_len": groups * layout.group_len, "batch_size": 1, "train_chunks": 1,
-                  "max_steps": 80, "eval_every": 20, "save_every": 40}
+                  "max_steps": 150, "eval_every": 25, "save_every": 50}
     fields["loss_weights"] = weights
     return cfg.replace(**{**fields, **overrides})
 

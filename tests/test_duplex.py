@@ -368,3 +368,41 @@ def test_notebook_08s_token_root_must_be_its_configuration_and_gives_its_overlap
         {"type": "piece", "video_id": "v", "chunk": "c.wav", "status": "ok"}) + "\n" +
         json.dumps({"type": "video", "video_id": "v", "status": "done"}) + "\n")  # fmt: skip
     assert duplex.ensure_duplex_tokens(cfg, tiny_models) == root
+
+
+@pytest.mark.pipeline  # it trains (or reuses) notebook 08's run in data/tiny
+def test_notebook_08s_memorised_run_gives_back_the_hosts_side(tiny_models):
+    """The README's figures for notebook 08's check: prompted with 4 s of the stream it
+    memorised, greedily, fed the stream's own user codes it gives back the host's next 8 s
+    token for token; fed the guest's audio live, Mimi hears most user codes as stage 03 stored
+    them (a batch of one row against two tips near ties), and the host's side holds."""
+    from speechlm_utils import preprocess, train
+    from speechlm_utils.codec import Codec
+    from speechlm_utils.scrape import ensure_chunks
+
+    cfg = duplex.tokenize_config("tiny", data_dir=tiny_models.data_dir)
+    tokens_root = duplex.ensure_duplex_tokens(cfg, tiny_models)
+    tok = SpeechTokenizer.from_config(text_tokenizer_of(tiny_models), cfg)
+    run, _, _ = duplex.ensure_duplex_run(cfg, tiny_models, tokens_root, tok.layout)
+    model, tokenizer = train.load_run(run, tiny_models)
+    codec = Codec.load(train.run_models(run, tiny_models), tokenizer.layout.num_codebooks)
+    session = duplex.DuplexSession(model, tokenizer, codec, decode="eager")
+    record = train.training_records(run, tokens_root)[0]
+    assert record["role"] == "host"
+    chunks_root = ensure_chunks(cfg.data_dir, cfg.profile)
+    check = duplex.memorised_check(session, preprocess.load_tokens(tokens_root, record),
+                                   duplex.user_track(chunks_root, tokens_root, record),
+                                   prompt_s=4.0, continue_s=8.0)  # fmt: skip
+    assert len(check["result"].steps) == 20
+    assert check["stored_assistant_codes_equal"] == 1.0  # README: 100 %
+    assert check["stored_text_slots_equal"] == 1.0
+    assert check["stored_text"] == check["true_text"] != ""
+    assert check["user_codes_equal"] >= 0.95  # README: 99.5 %
+    assert check["assistant_codes_equal"] >= 0.9  # README: 100 %
+    assert check["text_slots_equal"] >= 0.9  # README: 100 %
+
+
+def text_tokenizer_of(models):
+    from speechlm_utils.checkpoints import load_text_tokenizer
+
+    return load_text_tokenizer(models)
