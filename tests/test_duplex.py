@@ -406,3 +406,67 @@ def text_tokenizer_of(models):
     from speechlm_utils.checkpoints import load_text_tokenizer
 
     return load_text_tokenizer(models)
+
+
+LIVE_JS_HARNESS = r"""
+const sent = [], handlers = {}, els = [];
+const el = () => { const e = { style: {}, textContent: "", append() {} }; els.push(e); return e; };
+globalThis.document = { createElement: el };
+let port = null;
+globalThis.AudioContext = class {
+  constructor() { this.sampleRate = 24000; this.currentTime = 0; this.destination = {};
+    this.audioWorklet = { addModule: async () => {} }; }
+  async resume() {}
+  createMediaStreamSource() { return { connect() {} }; }
+  createBuffer(c, n) { return { duration: n / 24000, copyToChannel() {} }; }
+  createBufferSource() { return { connect() {}, start() {} }; }
+};
+globalThis.AudioWorkletNode = class {
+  constructor() { this.port = {}; port = this.port; }
+  connect() {} disconnect() {}
+};
+globalThis.URL.createObjectURL = () => "blob:";
+globalThis.navigator = { mediaDevices: { getUserMedia: async () => ({ getTracks: () => [] }) } };
+const traits = { rate: 24000, piece_samples: 4, max_in_flight: 3 };
+const model = { get: (k) => traits[k], set() {}, save_changes() {},
+  send: (m) => sent.push(m), on: (name, f) => { handlers[name] = f; } };
+const { default: widget } = await import(process.argv[2]);
+widget.render({ model, el: el() });
+const [button, info] = els.slice(1);
+await button.onclick();
+const piece = () => port.onmessage({ data: new Float32Array(4) });
+const seqs = () => sent.filter((m) => m.kind === "pcm").map((m) => m.seq);
+const out = {};
+for (let i = 0; i < 4; i++) piece();
+out.first = seqs();  // three in flight, the fourth dropped
+handlers["msg:custom"]({ kind: "held", seq: 0 });
+piece();
+out.after_held = seqs();  // an answer frees a slot
+handlers["msg:custom"]({ kind: "error", seq: 1, message: "boom" });
+piece();
+out.after_error = seqs();  // live stopped: nothing more is sent
+out.button = button.textContent;
+out.info = info.textContent;
+out.stop_sent = sent.some((m) => m.kind === "stop");
+console.log(JSON.stringify(out));
+"""
+
+
+@pytest.mark.skipif(__import__("shutil").which("node") is None, reason="needs node")
+def test_the_live_pages_in_flight_slots_are_freed_by_every_answer(tmp_path):
+    """The page's side, in node with stand-ins for the browser's audio: three pieces wait at
+    most, an answer of any kind frees one, and an error stops live with the reason."""
+    import subprocess
+
+    module, harness = tmp_path / "live.mjs", tmp_path / "harness.mjs"
+    module.write_text(duplex._LIVE_JS)
+    harness.write_text(LIVE_JS_HARNESS)
+    done = subprocess.run(["node", str(harness), str(module)], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["first"] == [0, 1, 2]
+    assert out["after_held"] == [0, 1, 2, 3]
+    assert out["after_error"] == [0, 1, 2, 3]
+    assert out["button"].endswith("Start live") and "the model failed (boom)" in out["info"]
+    assert not out["stop_sent"]  # the kernel stopped already: its status keeps the reason
