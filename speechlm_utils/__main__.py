@@ -127,7 +127,7 @@ def cmd_diarize(args: argparse.Namespace) -> None:
 def cmd_tokenize(args: argparse.Namespace) -> None:
     """Stage 03: Mimi codes + word timestamps -> interleaved token files."""
     from .manifest import parse_shard
-    from .preprocess import manifest_path, run_tokenize
+    from .preprocess import AssistantNameError, manifest_path, run_tokenize
 
     cfg = _config(config.TokenizeConfig, args, batch_size=args.batch_size, workers=args.workers,
                   num_codebooks=args.num_codebooks, text_lead_s=args.text_lead_s,
@@ -140,8 +140,11 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     device = f"cuda:{local_rank}" if config.pick_device() == "cuda" else config.pick_device()
     chunks = args.chunks or cfg.data_dir / "chunks"
     out = args.out or cfg.data_dir / ("tokens_duplex" if cfg.user_codebooks else "tokens")
-    summary = run_tokenize(cfg, models, chunks, out, shard=shard, rank=(rank, world),
-                           device=device, progress=rank == 0)  # fmt: skip
+    try:
+        summary = run_tokenize(cfg, models, chunks, out, shard=shard, rank=(rank, world),
+                               device=device, progress=rank == 0)  # fmt: skip
+    except AssistantNameError as err:  # a mistyped name: the message says who speaks there
+        raise SystemExit(str(err)) from err
     print(f"[shard {shard[0]}/{shard[1]}, rank {rank}/{world} on {device}]\n{summary}")
     print(f"tokens: {out}   manifest: {manifest_path(out, shard, (rank, world))}")
 

@@ -86,6 +86,10 @@ class TokenRootError(ValueError):
     """A token root that holds another configuration's tokens."""
 
 
+class AssistantNameError(ValueError):
+    """``--assistant NAME`` names nobody who speaks in the videos to tokenize."""
+
+
 def list_chunk_items(chunks_root: str | Path) -> list[dict]:
     """Every chunk the scrape stage finished, in time order per video: path, path relative to
     the root, video id, start and nominal duration, stored words."""
@@ -704,10 +708,11 @@ def duplex_problems(todo: list[dict], cfg: TokenizeConfig, done_before: bool) ->
     if named and not done_before and with_turns and all(
             problems.get(v["video_id"], ("", False))[1] for v in with_turns):  # fmt: skip
         seen = sorted({s for v in with_turns for s in v["speakers"]})
-        raise ValueError(f"--assistant {cfg.assistant!r} is not a speaker of any of the "
-                         f"{len(with_turns)} videos with speaker turns here (their speakers: "
-                         f"{', '.join(seen[:20])}{' ...' if len(seen) > 20 else ''}): use "
-                         f"{', '.join(ASSISTANT_POLICIES)} or one of those names")  # fmt: skip
+        raise AssistantNameError(
+            f"--assistant {cfg.assistant!r} is not a speaker of any of the {len(with_turns)} "
+            f"videos with speaker turns here (their speakers: {', '.join(seen[:20])}"
+            f"{' ...' if len(seen) > 20 else ''}): use {', '.join(ASSISTANT_POLICIES)} or one "
+            "of those names")  # fmt: skip
     return problems
 
 

@@ -242,10 +242,17 @@ def test_a_named_assistant_a_video_lacks_is_final_and_a_mistyped_one_fails_first
         return preprocess.run_tokenize(cfg, tiny_models, chunks, tokens, codec=codec,
                                        text_tokenizer=text_tokenizer, progress=False)  # fmt: skip
 
-    with pytest.raises(ValueError, match=r"'hots' is not a speaker of any of the 2 videos with "
-                                         r"speaker turns here \(their speakers: a, b, c, d\)"):
+    with pytest.raises(preprocess.AssistantNameError,
+                       match=r"'hots' is not a speaker of any of the 2 videos with speaker turns "
+                             r"here \(their speakers: a, b, c, d\)"):  # fmt: skip
         run("hots")
     assert not (tokens / "layout.json").exists()  # nothing claimed: the right name may follow
+    from speechlm_utils.__main__ import main
+
+    with pytest.raises(SystemExit, match="their speakers: a, b, c, d"):  # a message, no traceback
+        main(["--profile", "tiny", "tokenize", "--chunks", str(chunks), "--out", str(tokens),
+              "--user-codebooks", "2", "--assistant", "hots"])  # fmt: skip
+    assert not (tokens / "layout.json").exists()
     summary = run("a")
     assert summary.videos == 1 and summary.ok == 2  # conv1: its two chunks
     reasons = set(summary.skipped.values())
