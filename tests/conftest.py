@@ -46,9 +46,24 @@ def text_tokenizer(tiny_models):
     return load_text_tokenizer(tiny_models)
 
 
+def in_pipeline(item) -> bool:
+    """Whether a test runs the tiny pipeline's shared stages in ``data/tiny`` (the notebooks,
+    the browser tests on their outputs, tests marked ``pipeline``): those run in order in one
+    process, never beside each other."""
+    path = str(item.fspath)
+    return path.endswith(".ipynb") or "tests/browser" in path or \
+        item.get_closest_marker("pipeline") is not None  # fmt: skip
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Browser tests last: by then the notebooks have made the demo data they reuse."""
+    """Browser tests last: by then the notebooks have made the demo data they reuse. Under
+    pytest-xdist (``-n 2 --dist loadgroup``, as `make test` runs) the pipeline is one group on
+    one worker, in this order, while the other worker takes the independent tests."""
     items.sort(key=lambda item: "tests/browser" in str(item.fspath))
+    for item in items:
+        if in_pipeline(item):
+            item.add_marker(pytest.mark.xdist_group("pipeline"))
 
 
 # -- notebooks: quiet outputs ------------------------------------------------------------------
