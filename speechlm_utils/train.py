@@ -709,6 +709,7 @@ class Trainer:
         if resume and (ckpt := latest_checkpoint(self.run_dir)):
             self._check_same_model()
             self.load_checkpoint(ckpt)
+        start_step = self.step
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             write_json_atomic(self.run_dir / "run.json", self.describe())
@@ -740,9 +741,20 @@ class Trainer:
         finally:
             bar.close()
             logger.close()
-        if not stopping:
+        if not stopping and (self.step > start_step or not self._final_is_current()):
             self.save_final()
         return TrainResult(self.run_dir, self.step, history)
+
+    def _final_is_current(self) -> bool:
+        """Whether ``final/`` already holds this step's model: a finished run fitted again (a
+        notebook re-run, ``train --resume``) trains no step and rewrites nothing, so what keys
+        on final's weights file (stage 07's scores) stays valid. Rank 0 decides for all."""
+        final = self.run_dir / "final"
+        current = [(final / "weights.pt").exists() and (final / "speechlm.json").exists() and
+                   json.loads((final / "speechlm.json").read_text()).get("step") == self.step]
+        if self.world > 1:
+            torch.distributed.broadcast_object_list(current, src=0)
+        return bool(current[0])
 
 
 class _Logger:

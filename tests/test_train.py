@@ -249,6 +249,11 @@ def test_resume_continues_the_same_run(tiny_models, tokens, tmp_path):
     ckpts = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
     assert ckpts == ["step-0000003", "step-0000004", "step-0000008"] and not list(
         (tmp_path / "b" / "checkpoints").glob(".tmp*"))
+    weights = tmp_path / "b" / "final" / "weights.pt"
+    written = weights.stat().st_mtime_ns
+    again = train.Trainer(cfg(max_steps=8, save_every=4), tiny_models, tokens, tmp_path / "b")
+    assert again.fit(resume=True, progress=False).steps == 8  # a finished run fitted again:
+    assert weights.stat().st_mtime_ns == written  # final/ not rewritten (stage 07 keys on it)
 
 
 def test_gradient_checkpointing_really_recomputes(tiny_models, tokens, tmp_path, monkeypatch):
