@@ -694,10 +694,13 @@ def speaker_roles(video: dict, cfg: TokenizeConfig) -> tuple[str, bool] | None:
     return None
 
 
-def duplex_problems(todo: list[dict], cfg: TokenizeConfig, done_before: bool) -> dict:
+def duplex_problems(todo: list[dict], cfg: TokenizeConfig, done_before: bool,
+                    sees_all: bool = True) -> dict:  # fmt: skip
     """`speaker_roles` of each video to tokenize: video id -> (reason, final) for those that
     cannot be. A named assistant that no video has, in a root with nothing done yet, is a
-    mistyped name: a ValueError listing the speakers there, before anything is written."""
+    mistyped name: a ValueError listing the speakers there, before anything is written. Only
+    a process that sees every video (``sees_all``: no --shard, one rank) can tell: one shard
+    or rank may just hold none of that speaker's videos, and its raising would end them all."""
     problems = {}
     for video in todo:
         problem = speaker_roles(video, cfg)
@@ -705,7 +708,7 @@ def duplex_problems(todo: list[dict], cfg: TokenizeConfig, done_before: bool) ->
             problems[video["video_id"]] = problem
     named = cfg.assistant not in ASSISTANT_POLICIES
     with_turns = [v for v in todo if v["speakers"]]
-    if named and not done_before and with_turns and all(
+    if named and sees_all and not done_before and with_turns and all(
             problems.get(v["video_id"], ("", False))[1] for v in with_turns):  # fmt: skip
         seen = sorted({s for v in with_turns for s in v["speakers"]})
         raise AssistantNameError(
@@ -772,7 +775,7 @@ def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | P
     todo = [v for v in videos if v["video_id"] not in done]
     problems = {}  # duplex: checked before the root is claimed (a mistyped name claims nothing)
     if tokenizer.layout.duplex:
-        problems = duplex_problems(todo, cfg, bool(done))
+        problems = duplex_problems(todo, cfg, bool(done), shard[1] == 1 and rank[1] == 1)
     claim_token_root(tokens_root, root_spec(tokenizer, models, cfg.text_source, cfg), digest)
     summary = TokenizeSummary(chunks_total=len(items),
                               done_before=sum(len(v["chunks"]) for v in videos) -

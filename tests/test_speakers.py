@@ -253,6 +253,14 @@ def test_a_named_assistant_a_video_lacks_is_final_and_a_mistyped_one_fails_first
         main(["--profile", "tiny", "tokenize", "--chunks", str(chunks), "--out", str(tokens),
               "--user-codebooks", "2", "--assistant", "hots"])  # fmt: skip
     assert not (tokens / "layout.json").exists()
+    skipped = {}  # under torchrun a rank may hold none of a speaker's videos: it cannot tell
+    for rank in range(2):  # a mistyped name, so it skips its videos and raises nothing
+        cfg = TokenizeConfig.from_profile("tiny", workers=0, user_codebooks=2, assistant="hots")
+        skipped.update(preprocess.run_tokenize(cfg, tiny_models, chunks, tmp_path / "ranks",
+                                               rank=(rank, 2), codec=codec, progress=False,
+                                               text_tokenizer=text_tokenizer).skipped)  # fmt: skip
+    assert {chunk.split("/")[1] for chunk in skipped} == {"conv1", "conv2"}
+    assert all("its speakers" in reason for reason in skipped.values())
     summary = run("a")
     assert summary.videos == 1 and summary.ok == 2  # conv1: its two chunks
     reasons = set(summary.skipped.values())
