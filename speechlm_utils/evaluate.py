@@ -661,7 +661,9 @@ def run_windows(run_dir: str | Path, tokens_root: str | Path, layout: TokenLayou
 
 def no_windows(which: str, run_dir: Path, tokens_root: Path, suite: str) -> ValueError:
     """The error for a suite that found none of the run's windows in ``tokens_root``."""
-    whose = {"val": f"its validation videos {run_meta(run_dir).get('val_videos')}",
+    val = run_meta(run_dir).get("val_videos") or []
+    listed = ", ".join(val[:5]) + (f" and {len(val) - 5} more" if len(val) > 5 else "")
+    whose = {"val": f"its validation videos ({listed})",
              "memorised": "the videos it trained on"}[which]  # fmt: skip
     return ValueError(f"the {suite} suite has nothing to score: {tokens_root} holds none of "
                       f"{whose} ({run_dir}). Pass --tokens DIR (evaluate_run's tokens_root) "
@@ -911,6 +913,11 @@ def evaluate_run(run_dir: str | Path, suites: Iterable[str] = ("loss", "sanity",
     if unknown:
         raise ValueError(f"unknown suite(s) {unknown}: choose from loss, sanity, consistency, "
                          + ", ".join(SUITES))  # fmt: skip
+    held_out = [s for s in wanted if s in ("loss", "consistency")]
+    if held_out and "val_videos" in meta and not meta["val_videos"]:  # nothing to hold out
+        print(f"{', '.join(held_out)}: skipped, {run_dir} held out no validation video (one "
+              "video in its token root, or val_fraction 0); the other suites run")  # fmt: skip
+        wanted = [s for s in wanted if s not in held_out]
     chosen = run_checkpoints(run_dir, checkpoints)
     if not chosen:
         raise FileNotFoundError(f"{run_dir} has no saved model: train it first")

@@ -466,6 +466,18 @@ def test_a_token_root_without_the_runs_windows_is_an_error_naming_the_fix(tok, t
     other = _token_root(tmp_path, tok, {"a": 5}, stored={"a"})  # another run's tokens
     assert evaluate.run_windows(run, other, lay, "val") == []
     err = evaluate.no_windows("val", run, other, "loss")
-    assert "['v']" in str(err) and str(other) in str(err) and "--tokens" in str(err)
+    assert "videos (v)" in str(err) and str(other) in str(err) and "--tokens" in str(err)
     with pytest.raises(ValueError, match="at least one prompt"):
         evaluate.consistency(None, tok, None, None, [])  # never a WER of 0 for no replies
+
+
+def test_a_run_that_held_out_no_video_skips_loss_and_consistency(tiny_models, tmp_path, capsys):
+    run = tmp_path / "run"  # one video in its token root (or val_fraction 0): no validation
+    (run / "final").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"val_videos": [], "recipe": {"seq_len": 44}}))
+    (run / "final" / "weights.pt").write_bytes(b"")
+    (run / "final" / "speechlm.json").write_text(json.dumps({"step": 3}))
+    result = evaluate.evaluate_run(run, ["loss", "consistency"], tokens_root=tmp_path,
+                                   models=tiny_models, progress=False)  # fmt: skip
+    assert result.rows == []  # nothing scored, no model loaded, no error blaming the tokens
+    assert "loss, consistency: skipped" in capsys.readouterr().out
