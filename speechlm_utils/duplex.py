@@ -545,8 +545,9 @@ function render({ model, el }) {
   };
   model.on("msg:custom", (msg) => {
     if (msg.kind !== "pcm") {  // held, off or error: the piece is answered, its slot is free
+      const current = msg.seq === null || sent.has(msg.seq);  // not from before a restart
       sent.delete(msg.seq);
-      if (msg.kind === "error") {  // the kernel stopped live: say why, start again by hand
+      if (msg.kind === "error" && current) {  // the kernel stopped live: say why, start again
         release();
         info.textContent = `stopped: the model failed (${msg.message}); press Start live ` +
           "to begin again";
@@ -680,6 +681,10 @@ class DuplexWidget:
                 self._on_piece(content)
         except Exception as err:  # a model error must not break the widget
             self._say(f"Could not run the live step: {escape(str(err))}", error=True)
+            if content.get("kind") == "start":  # e.g. out of memory: the page stops listening
+                self._live_on = False
+                why = f"{type(err).__name__}: {err}"[:300]
+                self.live.send({"kind": "error", "seq": None, "message": why})
 
     def _on_piece(self, content: dict) -> None:
         """Every piece the browser sends is answered, so it frees the piece's in-flight slot:

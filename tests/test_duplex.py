@@ -291,6 +291,21 @@ def test_the_live_widget_answers_every_piece_and_stops_with_the_reason_on_an_err
     ui._on_message(None, {"kind": "stop"}, [])
 
 
+def test_a_live_start_that_fails_tells_the_page(dlm, dtok, codec, monkeypatch):
+    session = duplex.DuplexSession(dlm, dtok, codec, Sampling(seed=0), decode="eager")
+    ui = duplex.DuplexWidget(session)
+    sent = []
+    ui.live.send = sent.append
+
+    def out_of_memory():
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(session, "start", out_of_memory)
+    ui._on_message(None, {"kind": "start"}, [])
+    assert [(m["kind"], m["seq"]) for m in sent] == [("error", None)]  # the page stops
+    assert "out of memory" in sent[0]["message"] and not ui._live_on
+
+
 def _step(compute_s: float) -> duplex.GroupStep:
     return duplex.GroupStep(0, [], np.zeros((2, 5)), np.zeros((4, 5)), np.zeros(GROUP), "",
                             0.0, compute_s, 0.0)  # fmt: skip
@@ -439,6 +454,8 @@ const seqs = () => sent.filter((m) => m.kind === "pcm").map((m) => m.seq);
 const out = {};
 for (let i = 0; i < 4; i++) piece();
 out.first = seqs();  // three in flight, the fourth dropped
+handlers["msg:custom"]({ kind: "error", seq: 99, message: "old" });
+out.after_stale = button.textContent;  // an error for a piece from before a restart: ignored
 handlers["msg:custom"]({ kind: "held", seq: 0 });
 piece();
 out.after_held = seqs();  // an answer frees a slot
@@ -466,6 +483,7 @@ def test_the_live_pages_in_flight_slots_are_freed_by_every_answer(tmp_path):
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["first"] == [0, 1, 2]
+    assert out["after_stale"].endswith("Stop")  # still live
     assert out["after_held"] == [0, 1, 2, 3]
     assert out["after_error"] == [0, 1, 2, 3]
     assert out["button"].endswith("Start live") and "the model failed (boom)" in out["info"]
