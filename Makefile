@@ -50,9 +50,8 @@ FFMPEG_TESTS := tests/test_audio.py tests/test_scrape.py \
 
 # Two pytest workers (pytest-xdist): the notebooks, the browser tests and the tests marked
 # `pipeline` share data/tiny and run in order on one (tests/conftest.py), the other tests run
-# beside them. The tiny checkpoints are built first, so that no two workers build them at once.
+# beside them (pytest's controller builds the tiny checkpoints first: no two workers build them).
 test: lint
-	SPEECHLM_PROFILE=tiny $(BIN)/python -m speechlm_utils prepare >/dev/null
 	SPEECHLM_PROFILE=tiny $(BIN)/python -m pytest -q -rs --durations=15 -n 2 --dist loadgroup --nbmake --nbmake-timeout=1800 tests $(wildcard notebooks/*.ipynb)
 	@if command -v ffmpeg >/dev/null 2>&1; then \
 	  echo "again with the bundled ffmpeg: $(FFMPEG_TESTS)"; \

@@ -819,11 +819,14 @@ def make_sample_fn(models: ModelsConfig, prompt_s: float = 4.0, continue_s: floa
             state["codec"] = Codec.load(models, trainer.layout.num_codebooks, trainer.device)
         lay = trainer.layout
         split = trainer.splits.val if len(trainer.splits.val) else trainer.splits.train
-        ids = split[0]["input_ids"]
+        item = split[0]
+        ids = item["input_ids"][: int((item["labels"] != IGNORE).sum())]  # without padding
         groups = max(1, round(prompt_s / lay.group_duration_s))  # round: 1.2 / 0.4 < 3
         new_groups = round(continue_s / lay.group_duration_s)
         if lay.duplex:  # the user's codes come from the window: it must hold the continuation
             window_groups = ids.numel() // lay.group_len
+            if window_groups < 2:
+                return {}  # no group left to continue with the user's own codes
             groups = max(1, min(groups, window_groups - 1))
             new_groups = min(new_groups, window_groups - groups)
         prompt = ids[: groups * lay.group_len]

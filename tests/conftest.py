@@ -91,7 +91,14 @@ def notebook_noise(nb) -> list[str]:
 
 
 def pytest_configure(config):
-    """nbmake's run also fails a notebook whose outputs are noisy (`notebook_noise`)."""
+    """nbmake's run also fails a notebook whose outputs are noisy (`notebook_noise`). Under
+    pytest-xdist the controller builds the tiny checkpoints before any worker starts, so no
+    two workers build them at once."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        from speechlm_utils.checkpoints import ensure_tiny_checkpoints
+        from speechlm_utils.config import ModelsConfig
+
+        ensure_tiny_checkpoints(ModelsConfig.from_profile("tiny", data_dir=REPO / "data" / "tiny"))
     try:
         from nbmake import nb_run
         from nbmake.nb_result import NotebookError
