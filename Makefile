@@ -51,8 +51,11 @@ FFMPEG_TESTS := tests/test_audio.py tests/test_scrape.py \
 # Two pytest workers (pytest-xdist): the notebooks, the browser tests and the tests marked
 # `pipeline` share data/tiny and run in order on one (tests/conftest.py), the other tests run
 # beside them (pytest's controller builds the tiny checkpoints first: no two workers build them).
+# OMP_WAIT_POLICY=PASSIVE: torch's OpenMP threads sleep when idle instead of spinning; two
+# 2-thread torch processes on 2 cores took 151 s each for a 31 s test with spinning threads,
+# 54 s each with sleeping ones (measured).
 test: lint
-	SPEECHLM_PROFILE=tiny $(BIN)/python -m pytest -q -rs --durations=15 -n 2 --dist loadgroup --nbmake --nbmake-timeout=1800 tests $(wildcard notebooks/*.ipynb)
+	SPEECHLM_PROFILE=tiny OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -rs --durations=15 -n 2 --dist loadgroup --nbmake --nbmake-timeout=1800 tests $(wildcard notebooks/*.ipynb)
 	@if command -v ffmpeg >/dev/null 2>&1; then \
 	  echo "again with the bundled ffmpeg: $(FFMPEG_TESTS)"; \
 	  SPEECHLM_PROFILE=tiny SPEECHLM_FFMPEG=bundled $(BIN)/python -m pytest -q -rs $(FFMPEG_TESTS); \
