@@ -55,15 +55,43 @@ def in_pipeline(item) -> bool:
         item.get_closest_marker("pipeline") is not None  # fmt: skip
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Browser tests last: by then the notebooks have made the demo data they reuse. Under
-    pytest-xdist (``-n 2 --dist loadgroup``, as `make test` runs) the pipeline is one group on
-    one worker, in this order, while the other worker takes the independent tests."""
+    """Browser tests last: by then the notebooks have made the demo data they reuse. An
+    xdist worker also lists the pipeline's tests for the controller's scheduler (below)."""
     items.sort(key=lambda item: "tests/browser" in str(item.fspath))
-    for item in items:
-        if in_pipeline(item):
-            item.add_marker(pytest.mark.xdist_group("pipeline"))
+    listing = getattr(config, "workerinput", {}).get("pipeline_ids")
+    if listing:
+        tmp = Path(f"{listing}.{os.getpid()}")
+        tmp.write_text("".join(item.nodeid + "\n" for item in items if in_pipeline(item)))
+        tmp.replace(listing)  # each worker writes the same list
+
+
+# Under pytest-xdist (`make test`: ``-n 2 --dist loadgroup``) the pipeline is one group, run in
+# collection order on one worker, while the other worker takes the independent tests. The
+# groups are chosen here, not by xdist's ``xdist_group`` mark, which pytest 9.2 ignores (xdist
+# 3.8 renames ``item._nodeid``, which pytest no longer reads): the workers list the pipeline's
+# node ids in a file and the controller's scheduler groups them.
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    node.workerinput["pipeline_ids"] = node.config.pipeline_ids
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class PipelineScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if not hasattr(self, "pipeline"):  # the workers have collected by now
+                self.pipeline = set(Path(config.pipeline_ids).read_text().split("\n")) - {""}
+                assert self.pipeline, "the workers listed no pipeline test"
+            return "pipeline" if nodeid in self.pipeline else nodeid
+
+    return PipelineScheduling(config, log)
 
 
 # -- notebooks: quiet outputs ------------------------------------------------------------------
@@ -95,7 +123,11 @@ def pytest_configure(config):
     pytest-xdist the controller builds the tiny checkpoints before any worker starts, so no
     two workers build them at once."""
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        import tempfile
+
         from speechlm_utils.checkpoints import ensure_tiny_checkpoints
+
+        config.pipeline_ids = str(Path(tempfile.mkdtemp(prefix="speechlm-xdist-")) / "ids.txt")
         from speechlm_utils.config import ModelsConfig
 
         ensure_tiny_checkpoints(ModelsConfig.from_profile("tiny", data_dir=REPO / "data" / "tiny"))
