@@ -151,7 +151,7 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """Stage 05: finetune the LM on the token stream (torchrun for several GPUs)."""
-    from .train import Trainer, leave_process_group, make_sample_fn
+    from .train import Trainer, make_sample_fn
 
     weights = tuple(float(x) for x in args.loss_weights.split(",")) if args.loss_weights else None
     cfg = _config(config.TrainConfig, args, keep_every=args.keep_every, max_steps=args.max_steps,
@@ -166,12 +166,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     models = _models(args)  # the LM the tokens were made for, unless --lm chose another
     tokens = args.tokens or cfg.data_dir / "tokens"
     run = args.run or cfg.data_dir / "runs" / "default"
-    try:
-        trainer = Trainer(cfg, models, tokens, run)
-        result = trainer.fit(resume=args.resume, sample_fn=make_sample_fn(trainer.models),
-                             stop_after=args.stop_after)  # fmt: skip
-    finally:
-        leave_process_group()  # under torchrun: gloo may abort a process that exits in a group
+    trainer = Trainer(cfg, models, tokens, run)  # under torchrun: leaves its group at exit
+    result = trainer.fit(resume=args.resume, sample_fn=make_sample_fn(trainer.models),
+                         stop_after=args.stop_after)  # fmt: skip
     if trainer.rank == 0:
         print(f"{result.steps} steps; loss {result.last('loss')}, val {result.last('val_loss')}")
         print(f"run: {run}")
