@@ -48,14 +48,12 @@ lint: setup
 FFMPEG_TESTS := tests/test_audio.py tests/test_scrape.py \
 	tests/test_captions.py::test_scrape_stores_the_sidecar_split_at_real_chunk_starts
 
-# Two pytest workers (pytest-xdist): the notebooks, the browser tests and the tests marked
-# `pipeline` share data/tiny and run in order on one (tests/conftest.py), the other tests run
-# beside them (pytest's controller builds the tiny checkpoints first: no two workers build them).
-# OMP_WAIT_POLICY=PASSIVE: torch's OpenMP threads sleep when idle instead of spinning; two
-# 2-thread torch processes on 2 cores took 151 s each for a 31 s test with spinning threads,
-# 54 s each with sleeping ones (measured).
+# One process: `pytest -n 2 --dist loadgroup` (pytest-xdist; the pipeline's tests grouped on one
+# worker by tests/conftest.py, with OMP_WAIT_POLICY=PASSIVE) ran it in 9.7 minutes, but a
+# browser test's kernel once failed to start within JupyterLab's 60 s under the other worker's
+# load and the run hung: not yet reliable enough for CI.
 test: lint
-	SPEECHLM_PROFILE=tiny OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -rs --durations=15 -n 2 --dist loadgroup --nbmake --nbmake-timeout=1800 tests $(wildcard notebooks/*.ipynb)
+	SPEECHLM_PROFILE=tiny $(BIN)/python -m pytest -q -rs --durations=15 --nbmake --nbmake-timeout=1800 tests $(wildcard notebooks/*.ipynb)
 	@if command -v ffmpeg >/dev/null 2>&1; then \
 	  echo "again with the bundled ffmpeg: $(FFMPEG_TESTS)"; \
 	  SPEECHLM_PROFILE=tiny SPEECHLM_FFMPEG=bundled $(BIN)/python -m pytest -q -rs $(FFMPEG_TESTS); \
