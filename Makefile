@@ -48,19 +48,23 @@ lint: setup
 FFMPEG_TESTS := tests/test_audio.py tests/test_scrape.py \
 	tests/test_captions.py::test_scrape_stores_the_sidecar_split_at_real_chunk_starts
 
-# One process: `pytest -n 2 --dist loadgroup` (pytest-xdist; the pipeline's tests grouped on one
-# worker by tests/conftest.py, with OMP_WAIT_POLICY=PASSIVE) ran it in 9.7 minutes, but a
-# browser test's kernel once failed to start within JupyterLab's 60 s under the other worker's
-# load and the run hung: not yet reliable enough for CI.
+# Two pytest workers (pytest-xdist, `--dist loadgroup`): the notebooks and the tests marked
+# `pipeline` share data/tiny, so tests/conftest.py groups them in order on one worker while the
+# other takes the independent tests. OMP_WAIT_POLICY=PASSIVE: two 2-thread torch processes on two
+# cores ran a test 2.8x slower with OpenMP's spinning threads. The browser tests run afterwards,
+# alone: they reuse the notebooks' data, and JupyterLab's kernels start slowly under load.
+PYTEST := SPEECHLM_PROFILE=tiny $(BIN)/python -m pytest -q -rs
 test: lint
-	SPEECHLM_PROFILE=tiny $(BIN)/python -m pytest -q -rs --durations=15 --nbmake --nbmake-timeout=1800 tests $(wildcard notebooks/*.ipynb)
+	OMP_WAIT_POLICY=PASSIVE $(PYTEST) -n 2 --dist loadgroup --durations=15 --nbmake \
+	  --nbmake-timeout=1800 --ignore=tests/browser tests $(wildcard notebooks/*.ipynb)
+	$(PYTEST) --durations=5 tests/browser
 	@if command -v ffmpeg >/dev/null 2>&1; then \
 	  echo "again with the bundled ffmpeg: $(FFMPEG_TESTS)"; \
-	  SPEECHLM_PROFILE=tiny SPEECHLM_FFMPEG=bundled $(BIN)/python -m pytest -q -rs $(FFMPEG_TESTS); \
+	  SPEECHLM_FFMPEG=bundled $(PYTEST) $(FFMPEG_TESTS); \
 	fi
 
 test-browser: setup
-	SPEECHLM_PROFILE=tiny $(BIN)/python -m pytest -q -rs tests/browser
+	$(PYTEST) tests/browser
 
 lab: setup
 	SPEECHLM_PROFILE=$${SPEECHLM_PROFILE:-tiny} $(BIN)/jupyter lab notebooks

@@ -80,7 +80,8 @@ def lab(tmp_path_factory):
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-         "--LabApp.news_url=None", "--ServerApp.open_browser=False", "--allow-root"],
+         "--LabApp.news_url=None", "--ServerApp.open_browser=False", "--allow-root",
+         "--MappingKernelManager.kernel_info_timeout=300"],  # 60 s: too short on a busy CPU
         cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
