@@ -346,13 +346,10 @@ def write_outputs(result: DuplexResult, out_wav: str | Path) -> tuple[Path, Path
 def stored_user_groups(layout, ids) -> list[np.ndarray]:
     """The user's ``codes[K_user, F]`` of each whole group of duplex ``ids`` (from a group
     start): what `generate.duplex_tokens` forces, as the stream stored them."""
-    lay = layout
+    lay, F = layout, layout.frames_per_group
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-    kinds = lay.kinds(lay.group_len)
-    first = lay.num_codebooks + 1  # the user's codebooks come after the assistant's
-    kinds_user = range(first, first + lay.user_codebooks)
-    return [np.stack([g[kinds == k] - lay.id_range(k)[0] for k in kinds_user])
-            for g in ids[: ids.size // lay.group_len * lay.group_len].reshape(-1, lay.group_len)]
+    user = lay.audio_codes(ids[: ids.size // lay.group_len * lay.group_len])[lay.num_codebooks:]
+    return [user[:, i : i + F] for i in range(0, user.shape[1], F)]
 
 
 def continue_with_stored_user(model, layout, ids, prompt_groups: int, groups: int,

@@ -138,6 +138,15 @@ class TokenLayout:
         masks[TEXT_KIND, self.text_pad_id] = True
         return masks
 
+    def audio_codes(self, ids) -> np.ndarray:
+        """The codes of the whole frames in ``ids`` (from a group start), unchecked:
+        ``codes[frame_len, frames]``, the assistant's K rows, then the user's K_user."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        audio = ids[self.kinds(ids.size) != TEXT_KIND]
+        frames = audio.size // self.frame_len
+        audio = audio[: frames * self.frame_len].reshape(frames, self.frame_len)
+        return (audio - self.audio_offset - np.arange(self.frame_len) * self.codebook_size).T
+
     def kinds_of_ids(self, ids: np.ndarray) -> np.ndarray:
         """The kind each id belongs to (text and TEXT_PAD are 0), -1 for ids out of range."""
         ids = np.asarray(ids, dtype=np.int64)
@@ -338,12 +347,7 @@ class SpeechTokenizer:
             p = int(bad[0])
             raise ValueError(f"id {int(ids[p])} at position {p} is not of kind {int(kinds[p])}")
         text_ids = ids[(kinds == TEXT_KIND) & (ids != lay.text_pad_id)]
-        audio = ids[kinds != TEXT_KIND]
-        n_frames = audio.size // lay.frame_len
-        audio = audio[: n_frames * lay.frame_len].reshape(n_frames, lay.frame_len)
-        offsets = lay.audio_offset + np.arange(lay.frame_len) * lay.codebook_size
-        codes = (audio - offsets).T
-        K = lay.num_codebooks
+        codes, K = lay.audio_codes(ids), lay.num_codebooks
         return self.sp.decode(text_ids.tolist()), codes[:K], codes[K:]
 
     def text_pieces(self, ids) -> list[str | None]:

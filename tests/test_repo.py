@@ -120,6 +120,21 @@ def test_nbmake_fails_a_notebook_that_warns(tmp_path):
     assert result.error.failing_cell_index == 1
 
 
+def test_make_demo_runs_the_numbered_notebooks_in_order_in_their_folder_quietly(tmp_path, capfd):
+    import nbformat
+
+    from speechlm_utils.notebooks import run_notebooks
+
+    for name in ("02_b_second", "01_a_first", "scratch"):  # scratch is not a numbered one
+        cell = nbformat.v4.new_code_cell(f"import os; print(os.getcwd(), {name!r})")
+        nbformat.write(nbformat.v4.new_notebook(cells=[cell]), tmp_path / f"{name}.ipynb")
+    done = run_notebooks(tmp_path, tmp_path / "out")
+    assert [r["notebook"].name for r in done] == ["01_a_first.ipynb", "02_b_second.ipynb"]
+    text = nbformat.read(tmp_path / "out" / "02_b_second.ipynb", 4).cells[0].outputs[0]["text"]
+    assert text == f"{tmp_path} 02_b_second\n"
+    assert "WARNING" not in capfd.readouterr().err  # e.g. ipykernel's unencrypted TCP
+
+
 def test_notebook_tables_are_displayed():
     """`viz.table` returns HTML that only the last expression of a cell shows: anywhere else it
     must go through `display(...)`, or the reader never sees the table."""

@@ -247,6 +247,11 @@ def test_duplex_round_trip_is_exact_and_every_id_is_of_its_kind(sp, user_codeboo
     text, got, got_user = tok.decode_streams(ids)
     assert (got == codes).all() and (got_user == user).all()
     assert text == running_text(words)
+    from speechlm_utils.duplex import stored_user_groups
+
+    groups = stored_user_groups(lay, ids[: ids.size - 3])  # a part group at the end is dropped
+    assert len(groups) == 9 and all((g == user[:, 5 * i : 5 * i + 5]).all()
+                                    for i, g in enumerate(groups))  # fmt: skip
     frame = ids[2 : 2 + lay.frame_len] - lay.audio_offset  # frame 0: K then K_user
     assert list(frame % 2048) == [*codes[:, 0], *user[:, 0]]
     with pytest.raises(ValueError, match="needs user_codes"):
