@@ -215,9 +215,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     except (OSError, ValueError) as err:
         raise SystemExit(str(err)) from err
     session.say(wav24, wav16)
-    temperature = cfg.audio_temperature if args.temperature is None else args.temperature
-    sampling = Sampling(cfg.text_temperature if args.temperature is None else args.temperature,
-                        temperature, cfg.top_k, seed=args.seed)  # fmt: skip
+    sampling = Sampling.from_config(cfg, args.temperature, args.seed)
     response = session.reply(args.max_s or cfg.max_response_s, sampling)
     Path(args.out).write_bytes(wav_bytes(response.audio))
     print(f"you said: {session.turns[0]['text'] or '(no words)'}")
@@ -237,10 +235,7 @@ def _chat_duplex(args, cfg, model, tokenizer, codec) -> None:
         wav24 = load_user_file(Path(args.audio).name, Path(args.audio).read_bytes())
     except (OSError, UserInputError) as err:
         raise SystemExit(str(err)) from err
-    temperature = args.temperature
-    sampling = Sampling(cfg.text_temperature if temperature is None else temperature,
-                        cfg.audio_temperature if temperature is None else temperature,
-                        cfg.top_k, seed=args.seed)  # fmt: skip
+    sampling = Sampling.from_config(cfg, args.temperature, args.seed)
     # auto: compiled on a GPU (a conversation is many groups: compiling pays off)
     session = DuplexSession(model, tokenizer, codec, sampling, decode=args.decode or "auto")
     result = run_file(session, wav24, realtime=not args.no_realtime, progress=True)

@@ -281,7 +281,10 @@ class ChatWidget:
         self.max_s = w.FloatSlider(value=max_s, min=0.8, max=30, step=0.4,
                                    description="reply (s)")  # fmt: skip
         self.text_temperature, self.audio_temperature = temperature_sliders(sampling)
-        self.top_k = w.IntSlider(value=sampling.top_k, min=0, max=2048, description="top-k")
+        self.text_top_k, self.audio_top_k = (
+            w.IntSlider(value=value, min=0, max=high, description=name)
+            for name, value, high in (("text top-k", sampling.text_top_k, 1000),
+                                      ("audio top-k", sampling.audio_top_k, 2048)))  # fmt: skip
         self.seed = w.IntText(value=0, description="seed")
         self.respond_button = w.Button(description="Respond", button_style="primary",
                                        icon="comment")  # fmt: skip
@@ -310,7 +313,8 @@ class ChatWidget:
             w.HTML("<b>Talk to the model</b>"),
             w.HBox([self.recorder, self.upload]),
             w.HBox([self.max_s, self.seed]),
-            w.HBox([self.text_temperature, self.audio_temperature, self.top_k]),
+            w.HBox([self.text_temperature, self.audio_temperature]),
+            w.HBox([self.text_top_k, self.audio_top_k]),
             w.HBox([self.respond_button, self.reset_button]),
             *podcast_box, self.status, self.player, self.reply_audio, self.transcript,
             w.HTML("<b>Conversation</b>"), self.history,
@@ -346,7 +350,8 @@ class ChatWidget:
 
     def sampling(self) -> Sampling:
         return Sampling(self.text_temperature.value, self.audio_temperature.value,
-                        self.top_k.value, seed=self.seed.value)  # fmt: skip
+                        self.text_top_k.value, self.audio_top_k.value,
+                        seed=self.seed.value)  # fmt: skip
 
     def respond(self) -> Response | None:
         """Answer the pending question (the Respond button)."""

@@ -381,7 +381,8 @@ class ChatConfig(StageConfig):
     max_response_s: float = 10.0
     text_temperature: float = 0.7
     audio_temperature: float = 0.8
-    top_k: int = 250
+    text_top_k: int = 25  # of 32k word pieces (Moshi's text default)
+    audio_top_k: int = 250  # of a codebook's 2048 codes
     seed: int | None = None
     # attention span in tokens for an LM without a sliding window of its own (Mistral-7B-v0.3):
     # the KV cache keeps this many positions, so a conversation runs in bounded memory

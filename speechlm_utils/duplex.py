@@ -26,7 +26,7 @@ import math
 import time
 from collections import deque
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from html import escape
 from pathlib import Path
 
@@ -652,8 +652,9 @@ class DuplexWidget:
         ])  # fmt: skip
 
     def _sampling(self) -> Sampling:
-        return Sampling(self.text_temperature.value, self.audio_temperature.value,
-                        self.session.sampling.top_k)  # fmt: skip
+        return replace(self.session.sampling,
+                       text_temperature=self.text_temperature.value,
+                       audio_temperature=self.audio_temperature.value)  # fmt: skip
 
     # -- live --
 

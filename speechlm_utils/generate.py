@@ -2,7 +2,8 @@
 
 The layout fixes each position's kind, so at every step only that kind's ids can be sampled
 (text or TEXT_PAD in a text slot, codebook k's 2048 ids in audio slot k): every output decodes.
-Text and audio have their own temperature, top-k and top-p. Generation runs with the KV cache;
+Text and audio have their own temperature and top-k (Moshi's defaults: 0.7 and 25 for text,
+0.8 and 250 for audio), and share a top-p. Generation runs with the KV cache;
 Mistral's sliding-window layers keep only the last ``sliding_window`` positions, so a
 conversation can go on past the window with bounded memory. An LM without a window of its own
 (Mistral-7B-v0.3) is given one at load (`checkpoints.load_lm`'s ``attention_window``).
@@ -27,11 +28,13 @@ from .tokenizer import TEXT_KIND, TokenLayout
 
 @dataclass
 class Sampling:
-    """How to pick each token; temperature 0 means greedy (argmax)."""
+    """How to pick each token; temperature 0 means greedy (argmax). Text picks one of 32k word
+    pieces, audio one of a codebook's 2048 codes, so each has its own temperature and top-k."""
 
     text_temperature: float = 0.7
     audio_temperature: float = 0.8
-    top_k: int = 250  # 0: no top-k
+    text_top_k: int = 25  # 0: no top-k
+    audio_top_k: int = 250
     top_p: float = 1.0  # 1: no nucleus cut
     audio_repetition_penalty: float = 1.0  # >1 discourages repeating a codebook's last codes
     repetition_window: int = 8  # frames looked back for the penalty
@@ -40,6 +43,14 @@ class Sampling:
     @classmethod
     def greedy(cls) -> Sampling:
         return cls(text_temperature=0.0, audio_temperature=0.0)
+
+    @classmethod
+    def from_config(cls, cfg, temperature: float | None = None,
+                    seed: int | None = None) -> Sampling:  # fmt: skip
+        """A `config.ChatConfig`'s settings; ``temperature``, when given, for text and audio."""
+        text_t, audio_t = (cfg.text_temperature, cfg.audio_temperature) if temperature is None \
+            else (temperature, temperature)  # fmt: skip
+        return cls(text_t, audio_t, cfg.text_top_k, cfg.audio_top_k, seed=seed)
 
 
 def _kind_logits(hidden: torch.Tensor, weight: torch.Tensor, layout: TokenLayout,
@@ -85,12 +96,14 @@ def sample_next(hidden: torch.Tensor, weight: torch.Tensor, layout: TokenLayout,
                 generator: torch.Generator | None = None) -> int:  # fmt: skip
     """One step's choice: from the last position's ``hidden[H]``, the logits of only the rows
     its ``kind`` allows (the layout fixes it), a repetition penalty for audio, then one id
-    drawn with that kind's temperature (0: argmax), top-k and top-p."""
+    drawn with that kind's temperature (0: argmax) and top-k, and the top-p."""
     logits, first_id = _kind_logits(hidden, weight, layout, kind)
     if kind != TEXT_KIND and sampling.audio_repetition_penalty != 1.0:
         _penalize_repeats(logits, history, layout, kind, sampling)
-    temperature = sampling.text_temperature if kind == TEXT_KIND else sampling.audio_temperature
-    index = int(_pick(logits, temperature, sampling.top_k, sampling.top_p, generator))
+    text = kind == TEXT_KIND
+    temperature = sampling.text_temperature if text else sampling.audio_temperature
+    top_k = sampling.text_top_k if text else sampling.audio_top_k
+    index = int(_pick(logits, temperature, top_k, sampling.top_p, generator))
     return _id_of(index, first_id, logits.numel(), layout, kind)
 
 

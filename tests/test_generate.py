@@ -34,7 +34,7 @@ def prompt(tok):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_every_generated_id_is_allowed_where_it_stands(lm, tok, prompt, seed):
-    sampling = generate.Sampling(1.0, 1.0, top_k=0, top_p=0.95, seed=seed,
+    sampling = generate.Sampling(1.0, 1.0, text_top_k=0, audio_top_k=0, top_p=0.95, seed=seed,
                                  audio_repetition_penalty=1.3)  # fmt: skip
     out = np.array(generate.generate(lm, tok.layout, prompt, 66 + seed, sampling))
     kinds = tok.layout.kinds(out.size, start=prompt.numel())
@@ -44,10 +44,27 @@ def test_every_generated_id_is_allowed_where_it_stands(lm, tok, prompt, seed):
     assert codes.shape[0] == 4 and codes.min() >= 0 and codes.max() < 2048
 
 
+def test_text_and_audio_each_have_their_own_top_k(tok):
+    lay = tok.layout
+    weight = torch.randn(lay.padded_vocab_size, 16)
+    sampling = generate.Sampling(1.0, 1.0, text_top_k=1, audio_top_k=0)  # text: only the best
+    text, audio = [], []
+    for seed in range(20):
+        hidden = torch.randn(16, generator=torch.Generator().manual_seed(seed))
+        greedy = [generate.sample_next(hidden, weight, lay, kind, [], generate.Sampling.greedy())
+                  for kind in (0, 1)]  # fmt: skip
+        draw = torch.Generator().manual_seed(seed)
+        got = [generate.sample_next(hidden, weight, lay, kind, [], sampling, draw)
+               for kind in (0, 1)]  # fmt: skip
+        text.append(got[0] == greedy[0])
+        audio.append(got[1] == greedy[1])
+    assert all(text) and sum(audio) < 10  # audio still draws from all 2048 codes
+
+
 def test_cached_equals_uncached_past_the_sliding_window(lm, tok, prompt):
     window = lm.config.sliding_window
     n = window + 60  # goes well past the window
-    sampling = generate.Sampling(0.9, 0.9, top_k=50, seed=7)
+    sampling = generate.Sampling(0.9, 0.9, 50, 50, seed=7)
     stats = {}
     cached = list(generate.stream_tokens(lm, tok.layout, prompt, n, sampling, stats=stats))
     uncached = generate.generate(lm, tok.layout, prompt, n, sampling, use_cache=False)
@@ -201,7 +218,7 @@ def test_open_text_boundary_cached_equals_uncached_past_the_window(lm, tok):
     prompt = _mid_sentence_prompt(tok, groups=13, seed=1)  # 286 tokens > the 256 window
     assert prompt.size > lm.config.sliding_window
     open_from = prompt.size - 5 * lay.group_len
-    sampling = generate.Sampling(0.9, 0.9, top_k=50, seed=5)
+    sampling = generate.Sampling(0.9, 0.9, 50, 50, seed=5)
     stats = {}
     cached = list(generate.stream_tokens(lm, lay, prompt, 30, sampling, stats=stats,
                                          open_text_from=open_from))  # fmt: skip
@@ -353,7 +370,7 @@ def test_fast_decode_gives_the_eager_tokens_past_the_window(lm, tok, decode):
         fast_decoder = generate.fast_decoder(lm)
         assert fast_decoder.compiled and fast_decoder.compiled_step not in (None, False)
     open_from = prompt.size - 5 * lay.group_len
-    sampling = generate.Sampling(0.9, 0.9, top_k=50, seed=5)
+    sampling = generate.Sampling(0.9, 0.9, 50, 50, seed=5)
     runs = [list(generate.stream_tokens(lm, lay, prompt, 44, sampling, open_text_from=open_from,
                                         decode=d)) for d in ("eager", decode)]  # fmt: skip
     assert runs[0] == runs[1]
