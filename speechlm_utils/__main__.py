@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--overlap", choices=["both", "assistant", "user"],
                     help="duplex: whose track keeps speech where both talk (default both)")
     tk.add_argument("--max-video-s", type=float,
-                    help="only each video's chunks starting before this second (a quick look)")
+                    help="only each video's first seconds, in whole chunks (a quick look)")
     tk.add_argument("--shard", help="i/n of the videos; under torchrun split again per rank")
     tk.set_defaults(func=cmd_tokenize)
 

@@ -304,7 +304,7 @@ class TokenizeConfig(StageConfig):
     text_source: str = "whisper"  # whisper | captions (any stored timed text) | sidecar
     min_duration_s: float = 1.0  # shorter streams (runs of good chunks) are skipped
     silence_dbfs: float = -60.0  # quieter chunks are skipped as silent
-    max_video_s: float | None = None  # only each video's chunks starting before this (a look)
+    max_video_s: float | None = None  # only each video's first seconds, in whole chunks (a look)
     # the duplex layout (stage 08): K_user codebooks of the user's track after the assistant's
     # K in each frame (0: one mixed stream, the mono layout), the assistant of each example
     # (most_talkative, least_talkative, a speaker's name, or both: each of the two most

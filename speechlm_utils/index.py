@@ -83,6 +83,7 @@ class YouTubeSession(requests.Session):
         super().__init__()
         self.limiter, self.retries, self.backoff_s = limiter, retries, backoff_s
         self.timeout_s, self.base_url, self._sleep = timeout_s, base_url.rstrip("/"), sleep
+        self.retried: Counter = Counter()  # what was retried: "HTTP 429", "ConnectionError"...
         self.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"
         self.headers["Accept-Language"] = "en"
         if proxies:
@@ -99,14 +100,17 @@ class YouTubeSession(requests.Session):
                 response = super().request(method, url, *args, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as err:
                 error: Exception = err
+                why = type(err).__name__
             else:
                 if response.status_code != 429 and response.status_code < 500:
                     response.raise_for_status()  # 4xx other than 429: retrying won't help
                     return response
                 error = RetryableError(f"HTTP {response.status_code} from {url.split('?')[0]}")
                 retry_after = _retry_after_s(response)
+                why = f"HTTP {response.status_code}"
             if attempt == self.retries:
                 raise error
+            self.retried[why] += 1
             backoff = self.backoff_s * 2**attempt * (1 + random.random())  # full jitter
             self._sleep(max(backoff, retry_after or 0.0))
         raise AssertionError("unreachable")
@@ -319,6 +323,7 @@ class IndexSummary:
     videos_kept: int = 0
     hours_kept: float = 0.0
     filtered: Counter = field(default_factory=Counter)
+    retried: Counter = field(default_factory=Counter)  # requests retried, by why (HTTP 429...)
 
     def __str__(self) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in self.filtered.most_common()) or "none"
@@ -327,7 +332,9 @@ class IndexSummary:
                 f"videos kept: {self.videos_kept} ({self.hours_kept:.2f} h)"
                 + (" in this run: every term was done before\n" if self.terms_skipped and
                    not self.terms_done else "\n")
-                + f"filtered: {reasons}")  # fmt: skip
+                + f"filtered: {reasons}"
+                + ("\nretried: " + ", ".join(f"{k} {v}" for k, v in self.retried.most_common())
+                   if self.retried else ""))  # fmt: skip
 
 
 def _search_term(session: requests.Session, term: str, cfg: IndexConfig) -> dict:
@@ -379,11 +386,12 @@ def run_index(
             return YouTubeSession(limiter, retries=cfg.retries, backoff_s=cfg.backoff_s,
                                   timeout_s=cfg.timeout_s, base_url=cfg.youtube_url)  # fmt: skip
 
-    local = threading.local()
+    local, sessions = threading.local(), []
 
     def work(term: str) -> dict:
         if not hasattr(local, "session"):
             local.session = session_factory()
+            sessions.append(local.session)  # list.append is atomic
         return _search_term(local.session, term, cfg)
 
     bar = tqdm(total=len(todo), desc="index", unit="term", disable=not progress or not todo)
@@ -407,6 +415,8 @@ def run_index(
         finally:
             pool.shutdown(wait=not interrupted, cancel_futures=True)
             bar.close()
+    for session in sessions:
+        summary.retried.update(getattr(session, "retried", {}))
     return summary
 
 
@@ -577,11 +587,14 @@ def read_urls(path: str | Path) -> list[str]:
 
 
 def offline_search_demo(cfg: IndexConfig, terms: list[str], rates=(1000.0, 10.0),
-                        workers: int = 4, delay_s: float = 0.02) -> list[dict]:  # fmt: skip
+                        workers: int = 4, delay_s: float = 0.02,
+                        script: dict[str, list[str]] | None = None) -> list[dict]:  # fmt: skip
     """Index ``terms`` against `local_server.FakeYouTube` (made-up results in YouTube's page
     format) once per rate limit in ``rates`` (requests/s), each into a scratch file: per run
     the request arrival times the server saw, the most requests in any second, the threads'
-    total wait, the summary, and the kept and rejected videos."""
+    total wait, the summary, and the kept and rejected videos. ``script``: the server's first
+    answers per term (`FakeYouTube`), e.g. ``{term: ["429", "500"]}``: retried with backoff
+    (0.1 s here, not ``cfg.backoff_s``), counted in the summary's ``retried``."""
     import tempfile
 
     from .local_server import FakeYouTube, sample_catalog
@@ -589,9 +602,10 @@ def offline_search_demo(cfg: IndexConfig, terms: list[str], rates=(1000.0, 10.0)
     catalog, runs = sample_catalog(terms), []
     for rate in rates:
         limiter = RateLimiter(rate)
-        with FakeYouTube(catalog, delay_s=delay_s) as fake, \
+        with FakeYouTube(catalog, delay_s=delay_s, script=script) as fake, \
                 tempfile.TemporaryDirectory() as scratch:  # fmt: skip
-            demo = cfg.replace(youtube_url=fake.url, workers=workers, min_duration_s=30 * 60)
+            demo = cfg.replace(youtube_url=fake.url, workers=workers, min_duration_s=30 * 60,
+                               backoff_s=0.1)  # fmt: skip
             out = Path(scratch) / "index.jsonl"
             summary = run_index(demo, list(catalog), out, limiter=limiter, progress=False)
             runs.append({"rate": rate, "arrivals": [t for t, _ in fake.log],

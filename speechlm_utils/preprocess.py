@@ -107,6 +107,13 @@ def list_chunk_items(chunks_root: str | Path) -> list[dict]:
     return items
 
 
+def in_first_seconds(item: dict, seconds: float | None) -> bool:
+    """Whether a chunk is among a video's first ``seconds`` (None: all are): its middle comes
+    before then. Not its start: cuts land on packets, so the chunk after a 20 s one can start at
+    19.95 s, and "the first 20 s" would take two."""
+    return seconds is None or item["start_s"] + item["duration_s"] / 2 < seconds
+
+
 def stored_words(item: dict, text_source: str) -> tuple[str, list[Word]] | None:
     """The chunk's own timed text if ``text_source`` accepts it: ``captions`` takes any stored
     text (captions or a sidecar transcript), ``sidecar`` only a transcript, ``whisper`` none."""
@@ -768,7 +775,7 @@ def run_tokenize(cfg: TokenizeConfig, models: ModelsConfig, chunks_root: str | P
     tokenizer = SpeechTokenizer.from_config(text_tokenizer or load_text_tokenizer(models), cfg)
     digest = config_digest(tokenizer, models, cfg.text_source, cfg)
     items = [it for it in list_chunk_items(chunks_root) if in_shard(it["video_id"], shard, rank)
-             and (cfg.max_video_s is None or it["start_s"] < cfg.max_video_s)]
+             and in_first_seconds(it, cfg.max_video_s)]
     manifest = manifest_path(tokens_root, shard, rank)
     done = {r["video_id"] for r in read_jsonl(manifest) if r.get("type") == "video"}
     videos = group_videos(items)

@@ -715,11 +715,15 @@ class Trainer:
             write_json_atomic(self.run_dir / "run.json", self.describe())
         logger = _Logger(self.run_dir, self.cfg, enabled=self.rank == 0)
         history = []
+        target = stop_after if stopping else max_steps
+        if progress and self.rank == 0 and self.step >= target:  # no bar with nothing to do
+            print(f"train: {self.run_dir.name} is at step {self.step} of {max_steps} already "
+                  "(done before)")  # fmt: skip
         bar = tqdm(total=max_steps, initial=self.step, desc="train", unit="step",
-                   disable=not progress or self.rank != 0)  # fmt: skip
+                   disable=not progress or self.rank != 0 or self.step >= target)  # fmt: skip
         tokens_per_step = self.cfg.batch_size * self.cfg.grad_accum * self.splits.train.seq_len
         try:
-            while self.step < (stop_after if stopping else max_steps):
+            while self.step < target:
                 start = time.perf_counter()
                 metrics = self.train_step()
                 seconds = time.perf_counter() - start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import matplotlib.pyplot as plt
@@ -146,6 +147,14 @@ def plot_requests(arrivals_s: dict[str, list[float]], limit_per_s: float | None 
     return fig
 
 
+def _number(value: float) -> str:
+    """Two decimals where they read well, three significant digits for the very large or
+    small (a perplexity of 2e+07, a loss of 0.0007), never a row of digits or a false 0.00."""
+    if value == 0 or not math.isfinite(value) or 0.01 <= abs(value) < 1e5:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
 def table(rows: list[dict], columns: list[str] | None = None, max_rows: int = 30):
     """A small HTML table for notebooks (no pandas needed)."""
     from html import escape
@@ -159,7 +168,7 @@ def table(rows: list[dict], columns: list[str] | None = None, max_rows: int = 30
         cells = []
         for c in columns:
             value = row.get(c)
-            text = f"{value:.2f}" if isinstance(value, float) else ("" if value is None else value)
+            text = _number(value) if isinstance(value, float) else ("" if value is None else value)
             cells.append(f"<td>{escape(str(text))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     more = f"<p>… {len(rows) - max_rows} more rows</p>" if len(rows) > max_rows else ""

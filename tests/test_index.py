@@ -89,6 +89,8 @@ def test_429_is_retried_and_a_dead_term_fails_alone(tmp_path):
         assert "Connection" in summary.terms_failed["science interview"]
         assert summary.terms_done == 3
         assert [t for _, t in fake.log].count("science interview") == 4  # 1 try + 3 retries
+        assert summary.retried == {"HTTP 429": 1, "HTTP 500": 1, "ConnectionError": 4}
+        assert "retried: ConnectionError 4, HTTP 429 1, HTTP 500 1" in str(summary)
         done = {d["term"]: d["status"] for d in read_jsonl(index.done_path(out))}
         assert done["science interview"] == "failed"
         # the next run skips finished terms and retries only the failed one
@@ -280,8 +282,11 @@ def test_offline_search_demo_reaches_its_rate_limit():
 
     cfg = IndexConfig.from_profile("tiny")
     terms = [f"topic {i} podcast" for i in range(20)]  # 40 pages: 4 threads want ~200/s
-    fast, limited = index.offline_search_demo(cfg, terms, rates=(1000.0, 10.0))
+    script = {terms[0]: ["429", "500"]}
+    fast, limited = index.offline_search_demo(cfg, terms, rates=(1000.0, 10.0), script=script)
     assert limited["max_per_s"] <= 11 < fast["max_per_s"]  # held to the limit, which it hit
+    assert limited["summary"].retried == {"HTTP 429": 1, "HTTP 500": 1}  # and recovered:
+    assert not limited["summary"].terms_failed and limited["summary"].terms_done == 20
     assert limited["waited_s"] > fast["waited_s"]
     assert limited["entries"] and limited["rejected"]  # the filter kept some, rejected some
 

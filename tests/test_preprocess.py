@@ -355,3 +355,11 @@ def test_duplex_skips_a_video_without_speaker_turns_with_its_reason(run, sidecar
     assert again.done_before == 0 and set(again.skipped.values()) == reasons
     with pytest.raises(preprocess.TokenRootError, match="another configuration"):
         run(sidecar_tree, tokens)  # a duplex root is not a mono root
+
+
+def test_the_first_seconds_are_whole_chunks_by_their_middle():
+    from speechlm_utils.preprocess import in_first_seconds
+
+    first, second = {"start_s": -0.046, "duration_s": 20.0}, {"start_s": 19.954, "duration_s": 20.0}
+    assert in_first_seconds(first, 20.0) and not in_first_seconds(second, 20.0)  # cut at 19.95 s
+    assert in_first_seconds(second, 40.0) and in_first_seconds(second, None)

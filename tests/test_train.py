@@ -235,7 +235,7 @@ def test_training_refuses_tokens_of_another_text_tokenizer(tiny_models, tok, tmp
     assert "Mistral-7B-v0.3" in str(err.value)
 
 
-def test_resume_continues_the_same_run(tiny_models, tokens, tmp_path):
+def test_resume_continues_the_same_run(tiny_models, tokens, tmp_path, capsys):
     straight = train.Trainer(cfg(max_steps=8, save_every=4), tiny_models, tokens, tmp_path / "a")
     losses_a = [h["loss"] for h in straight.fit(progress=False).history]
 
@@ -252,8 +252,11 @@ def test_resume_continues_the_same_run(tiny_models, tokens, tmp_path):
     weights = tmp_path / "b" / "final" / "weights.pt"
     written = weights.stat().st_mtime_ns
     again = train.Trainer(cfg(max_steps=8, save_every=4), tiny_models, tokens, tmp_path / "b")
-    assert again.fit(resume=True, progress=False).steps == 8  # a finished run fitted again:
+    capsys.readouterr()
+    assert again.fit(resume=True).steps == 8  # a finished run fitted again:
     assert weights.stat().st_mtime_ns == written  # final/ not rewritten (stage 07 keys on it)
+    out = capsys.readouterr()
+    assert "at step 8 of 8 already" in out.out and "step/s" not in out.err  # and no bar
 
 
 def test_gradient_checkpointing_really_recomputes(tiny_models, tokens, tmp_path, monkeypatch):

@@ -272,6 +272,13 @@ def test_show_source_is_the_library_source():
 
 
 
+def test_table_numbers_stay_readable():
+    rows = [{"ppl": 20049702.79, "loss": 0.0007, "zero": 0.0, "wer": 0.25, "n": 3, "none": None}]
+    html = viz.table(rows).data
+    cells = html.split("<td>")[1:]
+    assert [c.split("</td>")[0] for c in cells] == ["2e+07", "0.0007", "0.00", "0.25", "3", ""]
+
+
 def test_plot_index_draws_the_rejected_videos_by_reason():
     kept = [{"id": f"k{i}", "query": "t", "duration_s": 3600.0 + i} for i in range(5)]
     rejected = [{"id": "s1", "reason": "too_short", "duration_s": 600.0},
