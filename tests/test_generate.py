@@ -493,19 +493,20 @@ def test_duplex_generation_forces_the_users_stream_and_samples_the_rest(tiny_mod
     lm = build_speech_lm(tiny_models, lay).eval()
     rng = np.random.default_rng(3)
     prompt = tok.encode(rng.integers(0, 2048, (4, 10)), [], rng.integers(0, 2048, (1, 10))).ids
-    user = [rng.integers(0, 2048, (1, 5)) for _ in range(4)]
+    user = [rng.integers(0, 2048, (1, 5)) for _ in range(8)]  # 2 + 8 groups of 27 tokens:
+    assert (2 + 8) * lay.group_len > lm.config.sliding_window  # past the window (256)
     runs = {}
     for decode in ("eager", "static", "compiled"):
         groups = list(generate.duplex_tokens(lm, lay, prompt, iter(user), Sampling.greedy(),
                                              decode=decode))  # fmt: skip
         if decode == "compiled":  # the forced codes' short passes ran compiled too
             assert generate.fast_decoder(lm).compiled_run not in (None, False)
-        assert [g["group"] for g in groups] == [2, 3, 4, 5]  # the input's 4 groups, then stop
+        assert [g["group"] for g in groups] == list(range(2, 10))  # the input's groups, then stop
         ids = np.concatenate([g["ids"] for g in groups])
         assert (lay.kinds_of_ids(ids) == lay.kinds(ids.size, prompt.size)).all()
         _, codes, heard = tok.decode_streams(ids)
         assert (heard == np.concatenate(user, axis=1)).all()  # the input, exactly
-        assert codes.shape == (4, 20)
+        assert codes.shape == (4, 40)
         runs[decode] = ids
     assert (runs["eager"] == runs["static"]).all() and (runs["eager"] == runs["compiled"]).all()
     with pytest.raises(ValueError, match="duplex layout"):
