@@ -33,6 +33,7 @@ MOSHI_VERSION = "0.2.13"  # as in the Makefile; installed with --no-deps
 DIST_NAME = "speechlm-utils"
 DATA_DIR_ENV = "SPEECHLM_DATA_DIR"  # config.DATA_DIR_ENV (config is not imported before install)
 HF_TOKEN_NAME = "HF_TOKEN"  # the Colab secret and the environment variable the Hub reads
+WANDB_KEY_NAME = "WANDB_API_KEY"  # the same for Weights & Biases (optional)
 DRIVE_DATA = "MyDrive/speechlm/data"  # the data root, under Drive's mount point
 INSTALLED_MARKER = "speechlm-installed"  # in the clone's .git/: "<python> <commit>" installed
 
@@ -95,6 +96,7 @@ def prepare(clone: Path, commit: str, keep_data_on_drive: bool) -> None:
     from .config import ModelsConfig, resolve_profile
 
     login_to_hub(ModelsConfig.from_profile("full").lm, resolve_profile())
+    login_to_wandb()
     from .train import recipe_for_gpu
 
     print(recipe_for_gpu())
@@ -201,17 +203,39 @@ def enable_widgets() -> None:
     output.enable_custom_widget_manager()
 
 
-def hub_token() -> str | None:
-    """The Hugging Face token: ``$HF_TOKEN``, else the Colab secret ``HF_TOKEN``, else None."""
-    token = os.environ.get(HF_TOKEN_NAME, "").strip()
-    if token:
-        return token
+def secret(name: str) -> str | None:
+    """``$name``, else the Colab secret ``name``, else None (never a prompt)."""
+    value = os.environ.get(name, "").strip()
+    if value:
+        return value
     try:
         from google.colab import userdata
 
-        return (userdata.get(HF_TOKEN_NAME) or "").strip() or None
+        return (userdata.get(name) or "").strip() or None
     except Exception:  # no such secret, or this notebook was not given access to it
         return None
+
+
+def hub_token() -> str | None:
+    """The Hugging Face token: ``$HF_TOKEN``, else the Colab secret ``HF_TOKEN``, else None."""
+    return secret(HF_TOKEN_NAME)
+
+
+def login_to_wandb() -> bool:
+    """W&B's key from the Colab secret ``WANDB_API_KEY`` into ``$WANDB_API_KEY`` (what wandb
+    reads, in subprocesses too). Without one, training logs offline (`train.wandb_mode`)."""
+    from .train import wandb_credentials
+
+    key = secret(WANDB_KEY_NAME)
+    if key:
+        os.environ[WANDB_KEY_NAME] = key
+    if key or wandb_credentials():
+        print("W&B: an API key is set; training logs online.")
+        return True
+    print("W&B: no WANDB_API_KEY secret, so training logs offline (the loss curves are drawn in "
+          "the notebook either way); add the secret from https://wandb.ai/authorize to log "
+          "online.")  # fmt: skip
+    return False
 
 
 HOW_TO_ADD_A_TOKEN = """\

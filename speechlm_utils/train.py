@@ -761,8 +761,39 @@ class Trainer:
         return bool(current[0])
 
 
+def wandb_credentials() -> bool:
+    """Whether W&B can log in without asking: ``$WANDB_API_KEY``, or the netrc entry that
+    ``wandb login`` writes (``$NETRC``, else ``~/.netrc`` or ``~/_netrc``) for its host."""
+    import netrc
+    import os
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY", "").strip():
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    paths = [os.environ["NETRC"]] if os.environ.get("NETRC") else ["~/.netrc", "~/_netrc"]
+    for path in paths:
+        try:
+            if netrc.netrc(os.path.expanduser(path)).authenticators(host):
+                return True
+        except (OSError, netrc.NetrcParseError):
+            continue
+    return False
+
+
+def wandb_mode(mode: str) -> tuple[str, str | None]:
+    """The W&B mode to run with, and why it is not ``mode``: "online" without credentials
+    would stop a notebook's Run All at a key prompt (or fail in a headless kernel), so such a
+    run logs offline, for `wandb sync` later."""
+    if mode != "online" or wandb_credentials():
+        return mode, None
+    return "offline", ("W&B: no API key ($WANDB_API_KEY, a Colab secret of that name, or "
+                       "`wandb login`), so this run logs offline; `wandb sync` uploads it later")
+
+
 class _Logger:
-    """metrics.jsonl always; W&B when ``cfg.wandb_mode`` is not "disabled"."""
+    """metrics.jsonl always; W&B when ``cfg.wandb_mode`` is not "disabled" (offline when
+    "online" has no credentials: `wandb_mode`)."""
 
     def __init__(self, run_dir: Path, cfg: TrainConfig, enabled: bool):
         self.enabled = enabled
@@ -771,12 +802,15 @@ class _Logger:
         if enabled and cfg.wandb_mode != "disabled":
             import wandb
 
+            mode, why = wandb_mode(cfg.wandb_mode)
+            if why:
+                print(why)
             id_file = run_dir / "wandb_id.txt"  # the same W&B run across resumes
             if not id_file.exists():
                 id_file.write_text(uuid.uuid4().hex[:12])
             self.wandb = wandb.init(project=cfg.wandb_project, name=run_dir.name,
                                     id=id_file.read_text().strip(), resume="allow",
-                                    dir=str(run_dir), mode=cfg.wandb_mode,
+                                    dir=str(run_dir), mode=mode,
                                     config=asdict(cfg),
                                     settings=wandb.Settings(silent=True))  # fmt: skip
 

@@ -174,6 +174,20 @@ def test_hub_token_from_env_then_secret(fake_colab, monkeypatch):
     assert colab.hub_token() == "hf_env"
 
 
+def test_wandb_key_from_the_secret_else_training_logs_offline(fake_colab, monkeypatch,
+                                                               tmp_path, capsys):  # fmt: skip
+    from speechlm_utils.train import wandb_mode
+
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no `wandb login` on this host
+    monkeypatch.setenv("WANDB_API_KEY", "")  # restored after the test, even when set here
+    monkeypatch.delenv("FAKE_SECRET_WANDB_API_KEY", raising=False)
+    assert colab.login_to_wandb() is False and "logs offline" in capsys.readouterr().out
+    assert wandb_mode("online")[0] == "offline"  # no key prompt in the middle of Run All
+    monkeypatch.setenv("FAKE_SECRET_WANDB_API_KEY", "k" * 40)
+    assert colab.login_to_wandb() is True and os.environ["WANDB_API_KEY"] == "k" * 40
+    assert wandb_mode("online") == ("online", None)
+
+
 def test_hub_login_says_how_to_add_a_token_and_never_asks(fake_colab, monkeypatch, capsys):
     import huggingface_hub
     from huggingface_hub.errors import GatedRepoError

@@ -592,3 +592,17 @@ def test_a_process_leaves_the_group_it_joined(monkeypatch):
     registered[0]()
     assert not torch.distributed.is_initialized()
     train.leave_process_group()  # the CLI's own call after atexit's: nothing left to leave
+
+
+def test_wandb_online_without_a_key_logs_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    mode, why = train.wandb_mode("online")
+    assert mode == "offline" and "wandb sync" in why
+    assert train.wandb_mode("disabled") == ("disabled", None)
+    assert train.wandb_mode("offline") == ("offline", None)
+    (tmp_path / "netrc").write_text(f"machine api.wandb.ai\n  login user\n  password {'k' * 40}\n")
+    assert train.wandb_mode("online") == ("online", None)  # as `wandb login` leaves it
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")  # a private server
+    assert train.wandb_mode("online")[0] == "offline"
