@@ -953,6 +953,24 @@ def latency_plan(layout, mimi_ms: float | None = None,
     return rows
 
 
+def ensure_speaker_turns(chunks_root: str | Path, profile: str, device: str | None = None,
+                         diarizer=None):  # fmt: skip
+    """Notebook 08's speakers. The tiny profile's demo transcripts label them; YouTube audio
+    (the full profile) carries none, so pyannote diarizes each video still without turns
+    (`speakers.run_diarize`: resumable, needs the ``diarize`` extra and a Hub token; its
+    error says what is missing). None when nothing needed it, else the summary."""
+    from .config import hf_token
+    from .preprocess import list_chunk_items, video_turns
+    from .speakers import Diarizer, run_diarize
+
+    items = list_chunk_items(chunks_root)
+    videos = dict.fromkeys(it["video_id"] for it in items)
+    if profile != "full" or all(video_turns([it for it in items if it["video_id"] == v])
+                                for v in videos):  # fmt: skip
+        return None
+    return run_diarize(chunks_root, diarizer or Diarizer(hf_token(), device))
+
+
 def video_with_turns(items: list[dict]) -> tuple[list[dict], list]:
     """The first video among chunk items (`preprocess.list_chunk_items`) whose chunks carry
     speaker turns: its items and its turns on its timeline; a clear error when none does."""

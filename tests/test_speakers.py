@@ -201,8 +201,11 @@ def test_diarize_gives_videos_scraped_without_labels_their_turns(tmp_path):
             raise RuntimeError("CUDA out of memory")
         return Annotation()
 
+    from speechlm_utils import duplex
+
     diarizer = speakers.Diarizer(pipeline=pipeline)
-    summary = speakers.run_diarize(tmp_path / "chunks", diarizer, progress=False)
+    assert duplex.ensure_speaker_turns(tmp_path / "chunks", "tiny", diarizer=diarizer) is None
+    summary = duplex.ensure_speaker_turns(tmp_path / "chunks", "full", diarizer=diarizer)  # 08's
     assert (summary.diarized, summary.had_turns, len(summary.failed)) == (1, 0, 1)
     assert 59 < heard[0] < 62  # the whole video, joined from its chunks
     listings = {x["id"]: x for x in scrape.read_chunk_listings(tmp_path / "chunks")}
@@ -216,6 +219,8 @@ def test_diarize_gives_videos_scraped_without_labels_their_turns(tmp_path):
     assert "folder" not in json.loads((done["folder"] / "chunks.json").read_text())
     again = speakers.run_diarize(tmp_path / "chunks", diarizer, progress=False)
     assert (again.diarized, again.had_turns) == (1, 1) and len(heard) == 3  # only the failed one
+    # nothing left to diarize: no pyannote loaded (not installed here)
+    assert duplex.ensure_speaker_turns(tmp_path / "chunks", "full") is None and len(heard) == 3
 
 
 def test_a_named_assistant_a_video_lacks_is_final_and_a_mistyped_one_fails_first(
