@@ -458,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.func(args)
+    if "torch" in sys.modules:  # a torchrun rank that trained: ends here (train.py says why)
+        from .train import end_distributed_process
+
+        end_distributed_process()
     return 0
 
 

@@ -339,6 +339,24 @@ def leave_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
+def end_distributed_process() -> None:
+    """End a torchrun rank whose command has finished (the CLI calls it; nothing happens in a
+    process that joined no group): wait for every rank, leave the group, flush the output and
+    exit at once, skipping the interpreter's teardown. Leaving the group alone was not enough:
+    a 2-rank FSDP run that had trained and saved everything still aborted in teardown once
+    ("terminate called without an active exception"), and torchrun then fails the run."""
+    import os
+    import sys
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)
+
+
 def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 

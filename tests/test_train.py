@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -606,3 +607,24 @@ def test_wandb_online_without_a_key_logs_offline(tmp_path, monkeypatch):
     assert train.wandb_mode("online") == ("online", None)  # as `wandb login` leaves it
     monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")  # a private server
     assert train.wandb_mode("online")[0] == "offline"
+
+
+def test_a_finished_rank_leaves_the_group_and_exits_without_teardown(tmp_path):
+    """What the CLI does after a torchrun command: barrier, leave, flush, exit at once (no
+    interpreter teardown, where gloo once aborted a finished run); a no-op without a group."""
+    script = tmp_path / "rank.py"
+    script.write_text(textwrap.dedent("""
+        import atexit, os
+        from speechlm_utils import train
+        train.end_distributed_process()  # no group: returns
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", WORLD_SIZE="1")
+        train.join_process_group()
+        atexit.register(print, "teardown ran")
+        print("trained and saved")  # buffered: a pipe
+        train.end_distributed_process()
+        print("after the end")
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "trained and saved\n"  # flushed; nothing after, no teardown
