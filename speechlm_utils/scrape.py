@@ -80,9 +80,14 @@ class _NullLogger:
         pass
 
 
-def download_audio(url: str, workdir: Path, cfg: ScrapeConfig) -> Path:
-    """Best audio-only stream of ``url`` into ``workdir`` via yt-dlp; the file's path."""
+def download_audio(url: str, workdir: Path, cfg: ScrapeConfig, stop=None) -> Path:
+    """Best audio-only stream of ``url`` into ``workdir`` via yt-dlp; the file's path. A set
+    ``stop`` (a `threading.Event`: Ctrl-C in `run_scrape`) ends the download at its next piece."""
     import yt_dlp
+
+    def stop_hook(_status: dict) -> None:
+        if stop is not None and stop.is_set():
+            raise ScrapeError("interrupted")
 
     opts = {
         "format": "bestaudio/best",
@@ -99,6 +104,7 @@ def download_audio(url: str, workdir: Path, cfg: ScrapeConfig) -> Path:
         "enable_file_urls": True,  # --source local:DIR indexes file:// URLs
         "cachedir": False,
         "overwrites": True,
+        "progress_hooks": [stop_hook],
     }
     if cfg.cookies_file:
         opts["cookiefile"] = str(cfg.cookies_file)
@@ -115,7 +121,7 @@ def download_audio(url: str, workdir: Path, cfg: ScrapeConfig) -> Path:
             info = ydl.extract_info(url, download=True)
     except yt_dlp.utils.DownloadError as err:
         if cfg.captions and "subtitle" in str(err).lower():  # captions are optional
-            return download_audio(url, workdir, replace(cfg, captions=False))
+            return download_audio(url, workdir, replace(cfg, captions=False), stop)
         raise ScrapeError(_short(str(err))) from err
     if info is None:
         raise ScrapeError("yt-dlp returned nothing")
@@ -273,18 +279,22 @@ class SpeechFilter:
 
 
 def scrape_video(entry: dict, out_root: Path, cfg: ScrapeConfig,
-                 speech: SpeechFilter | None = None, diarizer=None) -> dict:  # fmt: skip
-    """Download and chunk one video; the manifest record (never raises for a bad video)."""
+                 speech: SpeechFilter | None = None, diarizer=None, stop=None) -> dict:  # fmt: skip
+    """Download and chunk one video; the manifest record (never raises for a bad video). A set
+    ``stop`` (Ctrl-C in `run_scrape`) ends it early, failed "interrupted"."""
     start = time.perf_counter()
     record = {"id": entry.get("id"), "url": entry.get("url"), "status": "failed", "reason": None,
               "n_chunks": 0, "duration_s": None, "bytes": 0}  # fmt: skip
+    if stop is not None and stop.is_set():
+        record["reason"] = "interrupted"
+        return record
     try:
         final = chunk_dir(out_root, str(entry.get("id", "")))
         tmp = out_root / TMP_DIR / final.name
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "dl").mkdir(parents=True)
         try:
-            record.update(_download_and_cut(entry, final, tmp, cfg, speech, diarizer))
+            record.update(_download_and_cut(entry, final, tmp, cfg, speech, diarizer, stop))
             record["status"], record["reason"] = "ok", None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -296,8 +306,9 @@ def scrape_video(entry: dict, out_root: Path, cfg: ScrapeConfig,
     return record
 
 
-def _download_and_cut(entry, final: Path, tmp: Path, cfg, speech, diarizer=None) -> dict:
-    src = download_audio(entry["url"], tmp / "dl", cfg)
+def _download_and_cut(entry, final: Path, tmp: Path, cfg, speech, diarizer=None,
+                      stop=None) -> dict:  # fmt: skip
+    src = download_audio(entry["url"], tmp / "dl", cfg, stop)
     size = src.stat().st_size
     if size == 0:
         raise ScrapeError("empty download (0 bytes)")
@@ -496,7 +507,7 @@ def run_scrape(cfg: ScrapeConfig, entries: list[dict], out_root: str | Path,
     queue = list(todo)
     pool = ThreadPoolExecutor(max_workers=max(1, cfg.workers))
     pending: dict = {}
-    interrupted = False
+    stop = threading.Event()
     try:
         with JsonlWriter(manifest) as writer:
             while queue or pending:
@@ -508,7 +519,7 @@ def run_scrape(cfg: ScrapeConfig, entries: list[dict], out_root: str | Path,
                         break
                     entry = queue.pop(0)
                     pending[pool.submit(scrape_video, entry, out_root, cfg, speech,
-                                        diarizer)] = entry  # fmt: skip
+                                        diarizer, stop)] = entry  # fmt: skip
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -524,10 +535,10 @@ def run_scrape(cfg: ScrapeConfig, entries: list[dict], out_root: str | Path,
                         summary.reasons[record["reason"].split(":")[0][:40]] += 1
                     bar.update(round((entry.get("duration_s") or 0) / 3600, 3))
     except BaseException:
-        interrupted = True  # Ctrl-C: lines written stay; videos in flight are redone next time
+        stop.set()  # Ctrl-C: lines written stay; videos in flight end early, are redone next time
         raise
-    finally:
-        pool.shutdown(wait=not interrupted, cancel_futures=True)
+    finally:  # waits for the workers: one still writing would race the next run's (seen in CI)
+        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         summary.seconds = time.perf_counter() - start
     return summary

@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -136,8 +137,10 @@ def test_ctrl_c_mid_chunking_then_resume_equals_one_run(media, tmp_path, monkeyp
         return real(src, dest, video_id, *args, **kwargs)
 
     monkeypatch.setattr(scrape, "segment_copy", interrupted)
+    threads = set(threading.enumerate())
     with pytest.raises(KeyboardInterrupt):
         scrape.run_scrape(cfg(workers=1), entries, out, progress=False)
+    assert set(threading.enumerate()) <= threads  # no worker left writing beside a re-run
     monkeypatch.setattr(scrape, "segment_copy", real)
     assert not scrape.chunk_dir(out, "b_m4a").exists()  # never a partial chunk folder
 
@@ -290,3 +293,18 @@ def test_manifest_rows_and_a_rerun_summary_say_nothing_was_done():
     text = str(scrape.ScrapeSummary(videos_total=3, skipped_done=3))
     assert "0x" not in text and "nothing new" in text
     assert "15x realtime" in str(scrape.ScrapeSummary(ok=1, hours=1 / 60, seconds=4.0))
+
+
+def test_a_stopped_run_starts_no_video_and_ends_a_download_in_flight(media, tmp_path):
+    import threading as th
+
+    _, base = media
+    entry = entries_for(base, list(GOOD.values()))[0]
+    stop = th.Event()
+    stop.set()
+    record = scrape.scrape_video(entry, tmp_path / "out", cfg(), stop=stop)
+    assert record["status"] == "failed" and record["reason"] == "interrupted"
+    assert not (tmp_path / "out").exists()  # nothing started
+    (tmp_path / "dl").mkdir()
+    with pytest.raises(scrape.ScrapeError, match="interrupted"):  # yt-dlp's progress hook
+        scrape.download_audio(entry["url"], tmp_path / "dl", cfg(), stop)
