@@ -960,13 +960,11 @@ def ensure_speaker_turns(chunks_root: str | Path, profile: str, device: str | No
     (`speakers.run_diarize`: resumable, needs the ``diarize`` extra and a Hub token; its
     error says what is missing). None when nothing needed it, else the summary."""
     from .config import hf_token
-    from .preprocess import list_chunk_items, video_turns
+    from .preprocess import group_videos, list_chunk_items, video_turns
     from .speakers import Diarizer, run_diarize
 
-    items = list_chunk_items(chunks_root)
-    videos = dict.fromkeys(it["video_id"] for it in items)
-    if profile != "full" or all(video_turns([it for it in items if it["video_id"] == v])
-                                for v in videos):  # fmt: skip
+    if profile != "full" or all(video_turns(video["chunks"]) for video in
+                                group_videos(list_chunk_items(chunks_root))):  # fmt: skip
         return None
     return run_diarize(chunks_root, diarizer or Diarizer(hf_token(), device))
 
